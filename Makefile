@@ -1,0 +1,34 @@
+# The two set-up commands are `make demo` and `make test`; each builds .venv itself.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint unit tools bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[demo,test,dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/iam-key-exporter demo --listen 127.0.0.1:9877
+
+tools:
+	bash .ci/install-tools
+
+lint: $(STAMP)
+	$(BIN)/ruff check exporter tests bench
+	$(BIN)/mypy
+
+unit: $(STAMP) tools
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint unit
+
+bench: $(STAMP)
+	$(BIN)/python bench/cycle.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Everything that talks to AWS: sessions, API accounting and the collection strategies."""

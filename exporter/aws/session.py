@@ -1,0 +1,184 @@
+"""boto3 sessions and clients for each watched account, and accounting of every API call.
+
+A target is one account: either the account of the default credential chain, or an
+account reached through ``sts:AssumeRole``. Its clients are built once and reused; the
+assumed-role credentials refresh themselves before they expire (botocore's refreshable
+credentials), so no cycle pays for an AssumeRole it does not need.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import botocore.session
+from botocore.config import Config as BotoConfig
+from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
+
+from exporter import __version__
+from exporter.aws.errors import CollectionError
+from exporter.config import AccountConfig, Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_iam import IAMClient
+    from mypy_boto3_sts import STSClient
+
+UNKNOWN_ACCOUNT = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCounts:
+    calls: dict[tuple[str, str, str], int]  # (account_id, service, operation)
+    errors: dict[tuple[str, str, str, str], int]  # (..., code)
+    retries: dict[tuple[str, str, str], int]
+
+
+class ApiStats:
+    """Thread-safe counters of AWS API calls, errors (by code) and retries."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: Counter[tuple[str, str, str]] = Counter()
+        self._errors: Counter[tuple[str, str, str, str]] = Counter()
+        self._retries: Counter[tuple[str, str, str]] = Counter()
+
+    def record(self, account_id: str, service: str, operation: str,
+               error: str | None, retries: int) -> None:
+        key = (account_id, service, operation)
+        with self._lock:
+            self._calls[key] += 1
+            if error:
+                self._errors[(*key, error)] += 1
+            if retries:
+                self._retries[key] += retries
+
+    def counts(self) -> ApiCounts:
+        with self._lock:
+            return ApiCounts(dict(self._calls), dict(self._errors), dict(self._retries))
+
+    def total_calls(self, service: str | None = None) -> int:
+        with self._lock:
+            return sum(n for (_, s, _), n in self._calls.items() if service in (None, s))
+
+
+def _instrument(client: Any, service: str, stats: ApiStats, target: Target) -> None:
+    """Counts every logical call (after botocore's retries) and each retry attempt."""
+
+    def before_send(request: Any, **_: Any) -> None:
+        ctx = request.context
+        ctx["iamx_attempts"] = ctx.get("iamx_attempts", 0) + 1
+
+    def after_call(http_response: Any, parsed: dict[str, Any], model: Any,
+                   context: dict[str, Any], **_: Any) -> None:
+        code = None
+        if http_response.status_code >= 300:
+            code = str(parsed.get("Error", {}).get("Code") or f"HTTP{http_response.status_code}")
+        attempts = context.get("iamx_attempts", 1)
+        stats.record(target.account_id, service, model.name, code, max(attempts - 1, 0))
+
+    def after_call_error(exception: BaseException, context: dict[str, Any],
+                         event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        attempts = context.get("iamx_attempts", 1)
+        stats.record(target.account_id, service, operation, type(exception).__name__,
+                     max(attempts - 1, 0))
+
+    events = client.meta.events
+    events.register(f"before-send.{service}", before_send)
+    events.register(f"after-call.{service}", after_call)
+    events.register(f"after-call-error.{service}", after_call_error)
+
+
+class Target:
+    """One watched account and its lazily built, cached clients."""
+
+    def __init__(self, cfg: Config, stats: ApiStats, account: AccountConfig | None = None,
+                 base_session: boto3.Session | None = None) -> None:
+        self._cfg = cfg
+        self._stats = stats
+        self.account = account
+        self.key = account.role_arn if account else "self"
+        self.name = (account.name or "") if account else ""
+        self.account_id = account.account_id if account else UNKNOWN_ACCOUNT
+        self._base = base_session
+        self._lock = threading.Lock()
+        self._iam: IAMClient | None = None
+        self._sts: STSClient | None = None
+
+    def _boto_config(self) -> BotoConfig:
+        aws = self._cfg.aws
+        return BotoConfig(
+            region_name=self._cfg.region,
+            retries={"mode": aws.retry_mode, "max_attempts": aws.max_attempts},
+            connect_timeout=aws.connect_timeout_seconds,
+            read_timeout=aws.read_timeout_seconds,
+            max_pool_connections=self._cfg.collection.concurrency + 2,
+            user_agent_extra=f"iam-key-exporter/{__version__}",
+        )
+
+    def _base_session(self) -> boto3.Session:
+        if self._base is None:
+            self._base = boto3.Session(region_name=self._cfg.region)
+        return self._base
+
+    def _session(self) -> boto3.Session:
+        base = self._base_session()
+        if self.account is None:
+            return base
+        acct = self.account
+        extra: dict[str, Any] = {"RoleSessionName": acct.session_name}
+        if acct.external_id:
+            extra["ExternalId"] = acct.external_id
+        source = base.get_credentials()
+        if source is None:
+            raise CollectionError("no AWS credentials found to assume the role with",
+                                  code="NoCredentialsError")
+        source_sts = self._make_client(base, "sts")
+
+        def client_creator(*_: Any, **__: Any) -> Any:
+            return source_sts
+
+        fetcher = AssumeRoleCredentialFetcher(
+            client_creator=client_creator, source_credentials=source,
+            role_arn=acct.role_arn, extra_args=extra,
+        )
+        creds = DeferredRefreshableCredentials(
+            method="assume-role", refresh_using=fetcher.fetch_credentials
+        )
+        core = botocore.session.get_session()
+        core._credentials = creds  # type: ignore[attr-defined]  # botocore has no setter
+        return boto3.Session(botocore_session=core, region_name=self._cfg.region)
+
+    def _make_client(self, session: boto3.Session, service: str) -> Any:
+        client = session.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self._cfg.endpoint_url,
+            config=self._boto_config(),
+        )
+        _instrument(client, service, self._stats, self)
+        return client
+
+    def iam(self) -> IAMClient:
+        with self._lock:
+            if self._iam is None:
+                session = self._session()
+                self._iam = self._make_client(session, "iam")
+                self._sts = self._make_client(session, "sts")
+            return self._iam
+
+    def resolve_account_id(self) -> str:
+        """The account id, from sts:GetCallerIdentity the first time it is not known."""
+        if self.account_id == UNKNOWN_ACCOUNT:
+            self.iam()
+            assert self._sts is not None
+            self.account_id = self._sts.get_caller_identity()["Account"]
+        return self.account_id
+
+
+def build_targets(cfg: Config, stats: ApiStats) -> list[Target]:
+    if not cfg.accounts:
+        return [Target(cfg, stats)]
+    return [Target(cfg, stats, account=a) for a in cfg.accounts]

@@ -1,0 +1,351 @@
+"""Configuration: YAML → frozen, typed dataclasses, strictly validated.
+
+Unknown keys are errors, and every error names the key path and what was expected
+(``collection.strategy: expected one of list, credential-report, got 'bogus'``), so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+ENV_CONFIG = "IAM_KEY_EXPORTER_CONFIG"
+DEFAULT_LISTEN = "0.0.0.0:9877"
+
+# Environment overrides for the most common keys: variable → key path.
+ENV_OVERRIDES: dict[str, str] = {
+    "IAM_KEY_EXPORTER_LISTEN": "listen",
+    "IAM_KEY_EXPORTER_INTERVAL_SECONDS": "interval_seconds",
+    "IAM_KEY_EXPORTER_LOG_FORMAT": "log_format",
+    "IAM_KEY_EXPORTER_LOG_LEVEL": "log_level",
+    "IAM_KEY_EXPORTER_STRATEGY": "collection.strategy",
+    "IAM_KEY_EXPORTER_CONCURRENCY": "collection.concurrency",
+}
+
+ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}$")
+ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+SESSION_NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}$")
+EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
+LISTEN_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """A config problem; str() is the user-facing message, starting with the key path."""
+
+
+def _rng(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    return {"min": lo, "max": hi}
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    # None: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1 (IAM is global; this picks STS).
+    region: str | None = None
+    # None: AWS_ENDPOINT_URL (and the per-service variants) or the real AWS endpoints.
+    endpoint_url: str | None = None
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    max_attempts: int = field(default=5, metadata=_rng(1, 20))
+    connect_timeout_seconds: float = field(default=5.0, metadata=_rng(0.1, 120))
+    read_timeout_seconds: float = field(default=20.0, metadata=_rng(0.1, 300))
+
+
+@dataclass(frozen=True)
+class CredentialReportConfig:
+    # How long to wait for GenerateCredentialReport to reach COMPLETE.
+    wait_seconds: float = field(default=120.0, metadata=_rng(1, 3600))
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    strategy: Literal["list", "credential-report"] = "list"
+    concurrency: int = field(default=8, metadata=_rng(1, 64))
+    max_parallel_accounts: int = field(default=4, metadata=_rng(1, 64))
+    # Deadline for one account's collection; None: 80 % of interval_seconds, at most 600 s.
+    timeout_seconds: float | None = field(default=None, metadata=_rng(1, 86400))
+    credential_report: CredentialReportConfig = field(default_factory=CredentialReportConfig)
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    role_arn: str
+    external_id: str | None = None
+    name: str | None = None
+    session_name: str = "iam-key-exporter"
+
+    @property
+    def account_id(self) -> str:
+        m = ROLE_ARN_RE.match(self.role_arn)
+        assert m, "validated at load"
+        return m.group(1)
+
+
+@dataclass(frozen=True)
+class OrganizationsConfig:
+    enabled: bool = False
+    role_name: str = "OrganizationAccountAccessRole"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    threads: int = field(default=8, metadata=_rng(1, 256))
+    shutdown_grace_seconds: float = field(default=8.0, metadata=_rng(1, 300))
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    interval_seconds: float = field(default=300.0, metadata=_rng(1, 86400))
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    aws: AwsConfig = field(default_factory=AwsConfig)
+    collection: CollectionConfig = field(default_factory=CollectionConfig)
+    accounts: tuple[AccountConfig, ...] = ()
+    organizations: OrganizationsConfig = field(default_factory=OrganizationsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+
+    @property
+    def cycle_timeout(self) -> float:
+        if self.collection.timeout_seconds is not None:
+            return self.collection.timeout_seconds
+        return min(self.interval_seconds * 0.8, 600.0)
+
+    @property
+    def region(self) -> str:
+        return (
+            self.aws.region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1"
+        )
+
+    @property
+    def endpoint_url(self) -> str | None:
+        return self.aws.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ConfigError(f"{key}: duplicate key (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _convert(tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, path, meta)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices or isinstance(value, bool):
+            raise ConfigError(
+                f"{path}: expected one of {', '.join(choices)}, got {_describe(value)}"
+            )
+        return value
+    if origin is tuple:
+        (item_tp, _) = get_args(tp)
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {_describe(value)}")
+        return tuple(_convert(item_tp, v, f"{path}[{i}]", {}) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)  # type: ignore[arg-type]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {_describe(value)}")
+        return value
+    if tp is int or tp is float:
+        ok = isinstance(value, int) if tp is int else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok:
+            kind = "an integer" if tp is int else "a number"
+            raise ConfigError(f"{path}: expected {kind}, got {_describe(value)}")
+        lo, hi = meta.get("min"), meta.get("max")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{path}: expected a value from {lo} to {hi}, got {value}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {path}")  # programming error
+
+
+def _build(cls: type[Any], data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {_describe(data)}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ConfigError(f"{_join(path, str(key))}: unknown key (known keys: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], _join(path, name), f.metadata)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(path, name)}: required key is missing")
+    return cls(**kwargs)
+
+
+def _check(cfg: Config) -> None:
+    """Checks that span one value's type: formats and cross-field rules."""
+    m = LISTEN_RE.match(cfg.listen)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ConfigError(f"listen: expected HOST:PORT with a port from 1 to 65535, "
+                          f"got {_describe(cfg.listen)}")
+    url = cfg.aws.endpoint_url
+    if url is not None and not re.match(r"^https?://[^\s/]+", url):
+        raise ConfigError(f"aws.endpoint_url: expected an http(s) URL, "
+                          f"got {_describe(cfg.aws.endpoint_url)}")
+    seen: dict[str, int] = {}
+    for i, acct in enumerate(cfg.accounts):
+        p = f"accounts[{i}]"
+        if not ROLE_ARN_RE.match(acct.role_arn):
+            raise ConfigError(f"{p}.role_arn: expected arn:aws:iam::<12-digit account>:"
+                              f"role/<name>, got {_describe(acct.role_arn)}")
+        if acct.external_id is not None and not EXTERNAL_ID_RE.match(acct.external_id):
+            raise ConfigError(f"{p}.external_id: expected 2-1224 characters of [\\w+=,.@:/-]")
+        if not SESSION_NAME_RE.match(acct.session_name):
+            raise ConfigError(f"{p}.session_name: expected 2-64 characters of [\\w+=,.@-], "
+                              f"got {_describe(acct.session_name)}")
+        if acct.account_id in seen:
+            raise ConfigError(f"{p}.role_arn: account {acct.account_id} is already listed "
+                              f"at accounts[{seen[acct.account_id]}]")
+        seen[acct.account_id] = i
+    if not ROLE_NAME_RE.match(cfg.organizations.role_name):
+        raise ConfigError(f"organizations.role_name: expected an IAM role name, "
+                          f"got {_describe(cfg.organizations.role_name)}")
+    if cfg.organizations.enabled:
+        raise ConfigError("organizations.enabled: Organizations discovery is not available in "
+                          "this version yet; list the member accounts under accounts: instead")
+
+
+def _scalar(raw: str) -> Any:
+    """An environment value as the YAML scalar a user would have written."""
+    for conv in (int, float):
+        try:
+            return conv(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def parse(text: str, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
+    """Parses YAML text (plus environment overrides) into a validated Config."""
+    try:
+        data = yaml.load(text, Loader=_StrictLoader) if text.strip() else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {_describe(data)}")
+    overridden: dict[str, str] = {}
+    for var, dotted in ENV_OVERRIDES.items():
+        raw = (env or {}).get(var)
+        if raw:
+            _set_path(data, dotted, _scalar(raw))
+            overridden[dotted] = var
+    try:
+        cfg: Config = _build(Config, data, "")
+        _check(cfg)
+    except ConfigError as e:
+        msg = str(e)
+        for dotted, var in overridden.items():
+            if msg.startswith(dotted + ":"):
+                raise ConfigError(f"{msg} (set by environment variable {var})") from None
+        raise
+    return cfg
+
+
+def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """Loads the config file at ``path`` (None: ``$IAM_KEY_EXPORTER_CONFIG`` or defaults)."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_CONFIG) or None
+    if path is None:
+        return parse("", env)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    return parse(text, env, source=path)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The effective config as plain data (for check-config), with resolved defaults."""
+    raw = dataclasses.asdict(cfg)
+    raw["accounts"] = [dict(a) for a in raw["accounts"]]
+    raw["aws"]["region"] = cfg.region
+    raw["aws"]["endpoint_url"] = cfg.endpoint_url
+    raw["collection"]["timeout_seconds"] = cfg.cycle_timeout
+    return raw
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)

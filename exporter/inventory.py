@@ -1,0 +1,85 @@
+"""The data model: what one collection cycle learned about one account.
+
+Everything here is immutable, so a snapshot can be handed from the poller thread to the
+web threads without locks: the poller builds new objects and swaps one reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+KeyStatus = Literal["Active", "Inactive"]
+STATUSES: tuple[KeyStatus, ...] = ("Active", "Inactive")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessKey:
+    # None where the source cannot know it (the credential report has no key ids).
+    key_id: str | None
+    status: KeyStatus
+    created: float | None  # unix seconds
+    slot: int = 0  # credential-report column (1 or 2); 0 for the list strategy
+    last_used: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    path: str = "/"
+    keys: tuple[AccessKey, ...] = ()
+
+    def count(self, status: KeyStatus) -> int:
+        return sum(1 for k in self.keys if k.status == status)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSummary:
+    """What GetAccountSummary says; None where the call failed."""
+
+    root_access_keys_present: int | None = None
+    users: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInventory:
+    account_id: str
+    strategy: str
+    users: tuple[User, ...]
+    summary: AccountSummary = field(default_factory=AccountSummary)
+    report_generated: float | None = None  # credential report GeneratedTime, unix seconds
+    collected_at: float = 0.0
+    # Non-fatal gaps of the cycle (e.g. GetAccountSummary denied), by operation.
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """One account's line in the snapshot: its freshest good data and how the last cycle went.
+
+    ``inventory`` is the last *good* inventory; it survives failed cycles so alerts do not
+    resolve just because AWS hiccupped.
+    """
+
+    key: str  # stable target key (role ARN or "self")
+    account_id: str
+    name: str
+    inventory: AccountInventory | None
+    success: bool
+    duration: float
+    last_success: float | None
+    error: str | None = None  # error class of the last cycle, if it failed
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    accounts: tuple[AccountState, ...] = ()
+    cycles: int = 0
+    completed_at: float | None = None
+    # Failed cycles so far, by (account_id, error class): a counter carried across cycles.
+    error_counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.completed_at is not None

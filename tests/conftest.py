@@ -1,0 +1,49 @@
+"""Fixtures: a real moto server on loopback, reset between tests, and AWS env for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from tests.helpers import FAKE_ENV, free_port, iam_client
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def moto(moto_server: str) -> str:
+    """Endpoint of the shared moto server, emptied for this test."""
+    requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
+    return moto_server
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fake credentials in the environment, and nothing that points at real AWS."""
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE",
+                "AWS_SHARED_CREDENTIALS_FILE", "IAM_KEY_EXPORTER_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for k, v in FAKE_ENV.items():
+        monkeypatch.setenv(k, v)
+    return dict(FAKE_ENV)
+
+
+@pytest.fixture
+def iam(moto: str, aws_env: dict[str, str]) -> Any:
+    """A boto3 IAM client on the (emptied) moto server, for seeding."""
+    return iam_client(moto)

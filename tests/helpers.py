@@ -1,0 +1,82 @@
+"""Shared test helpers: tools, ports, config building and a moto seeding client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from exporter import config
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTDATA = Path(__file__).resolve().parent / "testdata"
+FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+MOTO_ACCOUNT = "123456789012"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_binary(name: str) -> str:
+    """Path of an external tool; a missing tool fails under CI=true and skips elsewhere."""
+    path = shutil.which(name)
+    if path:
+        return path
+    msg = f"{name} is not installed (run: bash .ci/install-tools)"
+    if in_ci():
+        pytest.fail(msg)
+    pytest.skip(msg)  # only outside CI, see the guard above
+    raise AssertionError("unreachable")
+
+
+def promtool_check_metrics(text: bytes | str) -> subprocess.CompletedProcess[str]:
+    """Runs `promtool check metrics` on an exposition; returns the completed process."""
+    data = text.decode() if isinstance(text, bytes) else text
+    return subprocess.run([require_binary("promtool"), "check", "metrics"], input=data,
+                          capture_output=True, text=True, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_config(**overrides: Any) -> config.Config:
+    """A Config from nested keyword data, through the real loader (so it is validated)."""
+    return config.parse(yaml.safe_dump(overrides), env={})
+
+
+def iam_client(endpoint: str) -> Any:
+    return boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=FAKE_ENV["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=FAKE_ENV["AWS_SECRET_ACCESS_KEY"])
+
+
+def add_user(iam: Any, name: str, statuses: tuple[str, ...] = (), path: str = "/",
+             tags: dict[str, str] | None = None) -> list[str]:
+    """Creates a user with keys in the given statuses; returns the key ids."""
+    kwargs: dict[str, Any] = {"UserName": name, "Path": path}
+    if tags:
+        kwargs["Tags"] = [{"Key": k, "Value": v} for k, v in tags.items()]
+    iam.create_user(**kwargs)
+    ids = []
+    for status in statuses:
+        key = iam.create_access_key(UserName=name)["AccessKey"]["AccessKeyId"]
+        if status == "Inactive":
+            iam.update_access_key(UserName=name, AccessKeyId=key, Status="Inactive")
+        ids.append(key)
+    return ids
