@@ -14,6 +14,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -30,11 +31,13 @@ ENV_OVERRIDES: dict[str, str] = {
     "IAM_KEY_EXPORTER_CONCURRENCY": "collection.concurrency",
 }
 
-ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}$")
-ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
-SESSION_NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}$")
-EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
-LISTEN_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})$")
+# ASCII only (\w and \d would otherwise accept any Unicode letter or digit, and int()
+# reads Unicode digits), and \Z rather than $ (which also matches before a final newline).
+ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}\Z", re.ASCII)
+ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}\Z", re.ASCII)
+SESSION_NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}\Z", re.ASCII)
+EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}\Z", re.ASCII)
+LISTEN_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})\Z", re.ASCII)
 
 
 class ConfigError(Exception):
@@ -69,7 +72,9 @@ class CollectionConfig:
     concurrency: int = field(default=8, metadata=_rng(1, 64))
     max_parallel_accounts: int = field(default=4, metadata=_rng(1, 64))
     # Deadline for one account's collection; None: 80 % of interval_seconds, at most 600 s.
-    timeout_seconds: float | None = field(default=None, metadata=_rng(1, 86400))
+    # The minimum is below 0.8 s so that the resolved default (printed by check-config)
+    # is itself a valid value for every allowed interval_seconds.
+    timeout_seconds: float | None = field(default=None, metadata=_rng(0.1, 86400))
     credential_report: CredentialReportConfig = field(default_factory=CredentialReportConfig)
 
 
@@ -136,23 +141,55 @@ class Config:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML keeps the last one silently)."""
+    """SafeLoader whose documents are checked for duplicate mapping keys first (PyYAML
+    keeps the last one silently); see _check_duplicates."""
 
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise ConfigError(f"{key}: duplicate key (line {key_node.start_mark.line + 1})")
-        seen.add(key)
-    return loader.construct_mapping(node)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
+def _check_duplicates(loader: _StrictLoader, node: yaml.Node, path: str,
+                      visited: set[int]) -> None:
+    """Raises ConfigError naming the full key path of the first duplicate mapping key.
+
+    Walks the composed node graph (aliases make it a graph, possibly cyclic) before
+    construction, so the path is known. Non-scalar keys are left to the constructor,
+    which rejects them as unhashable; merge keys (<<) are left to it as well.
+    """
+    if id(node) in visited:
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                return
+            if key_node.tag == _MERGE_TAG:
+                key: Any = "<<"
+            else:
+                key = loader.construct_object(key_node)
+            child = _join(path, str(key))
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(f"{child}: duplicate key (line {line}, first at line "
+                                  f"{first_line[key]})")
+            first_line[key] = line
+            _check_duplicates(loader, value_node, child, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(loader, item, f"{path}[{i}]", visited)
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(loader, node, "", set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _describe(value: Any) -> str:
@@ -205,7 +242,8 @@ def _convert(tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
             kind = "an integer" if tp is int else "a number"
             raise ConfigError(f"{path}: expected {kind}, got {_describe(value)}")
         lo, hi = meta.get("min"), meta.get("max")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
+        # "not >=" rather than "<" so that NaN (.nan, or "nan" from the env) is rejected.
+        if (lo is not None and not value >= lo) or (hi is not None and not value <= hi):
             raise ConfigError(f"{path}: expected a value from {lo} to {hi}, got {value}")
         return tp(value)
     if tp is str:
@@ -242,7 +280,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"listen: expected HOST:PORT with a port from 1 to 65535, "
                           f"got {_describe(cfg.listen)}")
     url = cfg.aws.endpoint_url
-    if url is not None and not re.match(r"^https?://[^\s/]+", url):
+    if url is not None and not _is_http_url(url):
         raise ConfigError(f"aws.endpoint_url: expected an http(s) URL, "
                           f"got {_describe(cfg.aws.endpoint_url)}")
     seen: dict[str, int] = {}
@@ -268,6 +306,17 @@ def _check(cfg: Config) -> None:
                           "this version yet; list the member accounts under accounts: instead")
 
 
+def _is_http_url(url: str) -> bool:
+    if re.search(r"\s", url):
+        return False
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError when out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _scalar(raw: str) -> Any:
     """An environment value as the YAML scalar a user would have written."""
     for conv in (int, float):
@@ -283,9 +332,11 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     for part in parents:
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            return  # the file's own value is wrong; leave it for validation to report
         node = child
     node[leaf] = value
 
@@ -293,12 +344,15 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 def parse(text: str, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
     """Parses YAML text (plus environment overrides) into a validated Config."""
     try:
-        data = yaml.load(text, Loader=_StrictLoader) if text.strip() else {}
+        data = _load_yaml(text) if text.strip() else {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
+        said = [getattr(e, "context", None), getattr(e, "problem", None)]
+        problem = ", ".join(str(x) for x in said if x) or str(e)
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

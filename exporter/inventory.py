@@ -82,4 +82,6 @@ class Snapshot:
 
     @property
     def ready(self) -> bool:
-        return self.completed_at is not None
+        """A cycle has finished and there is data to serve (some account succeeded once)."""
+        return self.completed_at is not None and any(
+            a.inventory is not None for a in self.accounts)

@@ -72,10 +72,11 @@ class _InventoryCollector(Collector):
         report = GaugeMetricFamily(
             "iam_credential_report_generated_timestamp_seconds",
             "When AWS generated the credential report last used (AWS regenerates it at most "
-            "every 4 hours).", labels=["account_id"])
+            "every 4 hours)." + cached, labels=["account_id"])
         info = GaugeMetricFamily(
             "iam_account_info", "Watched AWS account; always 1. account_name is the "
-            "configured alias, empty where none.", labels=["account_id", "account_name"])
+            "configured alias, empty where none." + cached,
+            labels=["account_id", "account_name"])
         success = GaugeMetricFamily(
             "iam_exporter_collection_success",
             "1 if the last collection cycle for the account succeeded, else 0 (the last good "

@@ -35,18 +35,33 @@ class Store:
         self.exposition = exposition
 
 
+def _qvalue(params: list[str]) -> float:
+    """The q weight among an Accept-Encoding entry's parameters; 0 if it is not valid."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                q = float(value.strip())
+            except ValueError:
+                return 0.0
+            return q if 0.0 <= q <= 1.0 else 0.0
+    return 1.0
+
+
 def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (RFC 9110 §12.5.3).
+
+    An explicit ``gzip`` entry wins over ``*``; ``q=0`` or an unparsable q refuses.
+    """
+    star = False
     for part in header.split(","):
-        token, _, params = part.strip().partition(";")
-        if token.strip().lower() in ("gzip", "*"):
-            q = params.strip()
-            if q.startswith("q="):
-                try:
-                    return float(q[2:]) > 0
-                except ValueError:
-                    return False
-            return True
-    return False
+        token, *params = part.split(";")
+        coding = token.strip().lower()
+        if coding == "gzip":
+            return _qvalue(params) > 0
+        if coding == "*":
+            star = _qvalue(params) > 0
+    return star
 
 
 class App:
@@ -95,7 +110,7 @@ class App:
 
     def readyz(self, _: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         if not self.store.exposition.snapshot.ready:
-            return "503 Service Unavailable", [], b"first collection cycle not finished\n"
+            return "503 Service Unavailable", [], b"no collection cycle has succeeded yet\n"
         return "200 OK", [], b"ready\n"
 
     def index(self, _: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -142,7 +157,7 @@ def serve(listen: str, factory: Callable[[], WSGIApplication], threads: int,
         "worker_class": "gthread",
         "threads": threads,
         "timeout": 60,
-        "graceful_timeout": grace,
+        "graceful_timeout": max(1, round(grace)),
         "keepalive": 5,
         "accesslog": None,
         "logconfig_dict": logconfig,

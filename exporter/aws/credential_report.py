@@ -14,7 +14,7 @@ import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from exporter.aws.errors import CredentialReportError, Deadline, client_error_code
@@ -43,8 +43,11 @@ def _timestamp(value: str | None) -> float | None:
     if value is None or value.strip() in ABSENT:
         return None
     try:
-        return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        stamp = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        if stamp.tzinfo is None:  # the report is UTC; never read it in the host's zone
+            stamp = stamp.replace(tzinfo=UTC)
+        return stamp.timestamp()
+    except (ValueError, OverflowError):
         raise CredentialReportError(f"credential report: bad timestamp {value[:40]!r}",
                                     code="CredentialReportInvalid") from None
 
@@ -141,7 +144,9 @@ def parse(content: bytes | str, generated: float | None = None) -> Report:
 def fetch(iam: IAMClient, wait_seconds: float, deadline: Deadline,
           sleep: Callable[[float], None] = time.sleep, first_delay: float = 1.0) -> Report:
     """Makes sure a fresh report exists, downloads it and parses it."""
-    give_up = time.monotonic() + min(wait_seconds, max(deadline.remaining(), 0.0))
+    start = time.monotonic()
+    budget = min(wait_seconds, max(deadline.remaining(), 0.0))
+    slept = 0.0  # counted too, so the budget holds whatever ``sleep`` really does
     delay = first_delay
     last = "not requested"
     while True:
@@ -159,9 +164,10 @@ def fetch(iam: IAMClient, wait_seconds: float, deadline: Deadline,
             if code not in RETRY_CODES:
                 raise
             last = code
-        if time.monotonic() + delay > give_up:
+        if max(time.monotonic() - start, slept) + delay > budget:
             raise CredentialReportError(
                 f"credential report not ready after {wait_seconds:g}s ({last})",
                 code="CredentialReportTimeout")
         sleep(delay)
+        slept += delay
         delay = min(delay * 2, 10.0)

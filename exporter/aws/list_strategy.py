@@ -59,9 +59,12 @@ def list_keys(iam: IAMClient, user_name: str) -> tuple[AccessKey, ...] | None:
                     status=status,
                     created=created.timestamp() if created is not None else None,
                 ))
-            if not page.get("IsTruncated") or not page.get("Marker"):
+            if not page.get("IsTruncated"):
                 break
-            marker = page["Marker"]
+            marker = page.get("Marker")
+            if not marker:  # stopping here would silently undercount the user's keys
+                raise CollectionError("ListAccessKeys said IsTruncated but gave no Marker",
+                                      code="InvalidPagination")
     except Exception as e:
         if client_error_code(e) == "NoSuchEntity":
             return None

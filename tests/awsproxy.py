@@ -1,0 +1,111 @@
+"""A small HTTP proxy in front of the moto server: counts AWS actions and injects faults.
+
+moto answers every request correctly and at once; this proxy lets tests see how many
+calls the exporter made (by action) and make AWS fail on demand. It speaks plain HTTP on
+127.0.0.1 and forwards to one upstream.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+ERROR_XML = (
+    '<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><Error>'
+    "<Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+    "<RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>"
+)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: AwsProxy  # type: ignore[assignment]
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_: Any) -> None:  # keep test output clean
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        action = parse_qs(body.decode("utf-8", "replace")).get("Action", ["?"])[0]
+        proxy = self.server
+        fault = proxy.fault_for(action)
+        proxy.record(action, fault)
+        if fault == "reset":
+            self.close_connection = True
+            self.connection.close()
+            return
+        if fault == "hang":
+            time.sleep(proxy.hang_seconds)
+            self.close_connection = True
+            return
+        if fault is not None:
+            status, code = {"deny": (403, "AccessDenied"), "throttle": (400, "Throttling"),
+                            "http500": (500, "InternalFailure")}[fault]
+            self._reply(status, ERROR_XML.format(code=code, message=f"injected {fault}")
+                        .encode(), "text/xml")
+            return
+        conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=30)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            conn.request("POST", self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            self._reply(resp.status, data, resp.getheader("Content-Type") or "text/xml")
+        finally:
+            conn.close()
+
+    def _reply(self, status: int, data: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class AwsProxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        u = urlsplit(upstream)
+        self.upstream_host, self.upstream_port = u.hostname or "127.0.0.1", u.port or 80
+        self.lock = threading.Lock()
+        self.actions: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        # fault mode for every action, or per action; None = pass through
+        self.mode: str | None = None
+        self.modes: dict[str, str] = {}
+        self.hang_seconds = 5.0
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def fault_for(self, action: str) -> str | None:
+        with self.lock:
+            return self.modes.get(action, self.mode)
+
+    def record(self, action: str, fault: str | None) -> None:
+        with self.lock:
+            self.actions[action] += 1
+            if fault:
+                self.faults[action] += 1
+
+    def counts(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.actions)
+
+    def start(self) -> AwsProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()

@@ -1,0 +1,112 @@
+"""Runs the real exporter as a subprocess (CLI → gunicorn → worker → poller) for e2e tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import FAKE_ENV, ROOT, free_port
+
+
+def parse_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Exposition text → {(sample name, sorted labels): value}."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def sample(samples: dict[Any, float], name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+class Daemon:
+    def __init__(self, cfg: dict[str, Any], args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = tempfile.mkdtemp(prefix="iamx-")
+        self.config_path = Path(self.dir) / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(cfg))
+        self.log_path = Path(self.dir) / "stderr.log"
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("AWS_", "IAM_KEY_EXPORTER_"))}
+        full_env.update(FAKE_ENV)
+        full_env.update({"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+                         "AWS_EC2_METADATA_DISABLED": "true", "PYTHONUNBUFFERED": "1"})
+        full_env.update(env or {})
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", *args, "--config", str(self.config_path),
+             "--listen", f"127.0.0.1:{self.port}"],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=10, **kw)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exporter exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if self.get("/readyz").status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"exporter not ready after {timeout}s:\n{self.logs()}")
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.get("/healthz")
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise AssertionError(f"exporter not listening after {timeout}s:\n{self.logs()}")
+
+    def scrape(self) -> dict[Any, float]:
+        r = self.get("/metrics")
+        r.raise_for_status()
+        return parse_samples(r.text)
+
+    def wait_for(self, predicate: Any, timeout: float = 20.0) -> dict[Any, float]:
+        """Scrapes until predicate(samples) is true; returns those samples."""
+        deadline = time.monotonic() + timeout
+        samples: dict[Any, float] = {}
+        while time.monotonic() < deadline:
+            samples = self.scrape()
+            if predicate(samples):
+                return samples
+            time.sleep(0.2)
+        raise AssertionError(f"condition not met in {timeout}s; logs:\n{self.logs()}")
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 15.0) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds until exit)."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - started
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()

@@ -1,0 +1,130 @@
+"""The CLI contract: once / check-config / demo exit codes and output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+import exporter
+from tests.daemon import Daemon, parse_samples, sample
+from tests.helpers import FAKE_ENV, MOTO_ACCOUNT, ROOT, add_user, free_port
+
+
+def run_cli(*args: str, config: dict[str, Any] | None = None, tmp_path: Any = None,
+            env: dict[str, str] | None = None, timeout: float = 60
+            ) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("AWS_", "IAM_KEY_EXPORTER_"))}
+    full_env.update(FAKE_ENV)
+    full_env.update({"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+                     "AWS_EC2_METADATA_DISABLED": "true"})
+    full_env.update(env or {})
+    argv = list(args)
+    if config is not None:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        argv += ["--config", str(path)]
+    return subprocess.run([sys.executable, "-m", "exporter", *argv], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("strategy", ["list", "credential-report"])
+def test_once_prints_exposition_and_exits_0(iam: Any, moto: str, tmp_path: Any,
+                                            strategy: str) -> None:
+    add_user(iam, "alice", ("Active", "Active"))
+    add_user(iam, "bob", ("Inactive",))
+    r = run_cli("once", tmp_path=tmp_path, config={
+        "aws": {"endpoint_url": moto}, "collection": {"strategy": strategy}})
+    assert r.returncode == 0, r.stderr
+    s = parse_samples(r.stdout)
+    A = MOTO_ACCOUNT
+    assert sample(s, "iam_user_access_keys", account_id=A, user_name="alice",
+                  status="Active") == 2
+    assert sample(s, "iam_user_access_keys", account_id=A, user_name="bob",
+                  status="Inactive") == 1
+    assert sample(s, "iam_exporter_collection_success", account_id=A) == 1
+    assert "collection done" in r.stderr  # logs go to stderr, never into the exposition
+
+
+def test_once_exits_1_when_aws_is_unreachable(tmp_path: Any) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = run_cli("once", tmp_path=tmp_path, config={
+        "aws": {"endpoint_url": dead, "max_attempts": 1, "connect_timeout_seconds": 1}})
+    assert r.returncode == 1, r.stderr
+    s = parse_samples(r.stdout)
+    assert sample(s, "iam_exporter_collection_success", account_id="unknown") == 0
+    assert "EndpointConnectionError" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["once", "check-config", "serve", "demo"])
+def test_bad_config_exits_2_naming_the_key(tmp_path: Any, command: str) -> None:
+    r = run_cli(command, tmp_path=tmp_path, config={"collection": {"concurrency": "lots"}})
+    assert r.returncode == 2
+    assert "collection.concurrency: expected an integer, got 'lots'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_listen_flag_exits_2(tmp_path: Any) -> None:
+    r = run_cli("--listen", "nonsense", tmp_path=tmp_path, config={})
+    assert r.returncode == 2
+    assert "--listen" in r.stderr
+
+
+def test_check_config_prints_effective_config(tmp_path: Any) -> None:
+    r = run_cli("check-config", tmp_path=tmp_path, config={"interval_seconds": 60})
+    assert r.returncode == 0, r.stderr
+    eff = yaml.safe_load(r.stdout)
+    assert eff["interval_seconds"] == 60
+    assert eff["collection"]["strategy"] == "list"
+    assert eff["collection"]["timeout_seconds"] == 48  # 80 % of the interval
+    assert eff["listen"] == "0.0.0.0:9877"
+
+
+def test_version_flag() -> None:
+    r = run_cli("--version")
+    assert r.returncode == 0
+    assert exporter.__version__ in r.stdout
+
+
+def test_demo_serves_sample_account_and_stops_cleanly() -> None:
+    d = Daemon({}, args=("demo",))
+    try:
+        d.wait_ready(timeout=60)
+        s = d.scrape()
+        A = MOTO_ACCOUNT
+        from exporter.demo import SAMPLE_USERS
+
+        for name, _, _, statuses in SAMPLE_USERS:
+            for status in ("Active", "Inactive"):
+                assert sample(s, "iam_user_access_keys", account_id=A, user_name=name,
+                              status=status) == statuses.count(status), (name, status)
+        assert "metrics at http://127.0.0.1:" in d.logs()
+        code, took = d.terminate()
+        assert code == 0 and took < 10, d.logs()
+    finally:
+        d.stop()
+
+
+def test_demo_without_moto_says_how_to_install() -> None:
+    code = ("import sys; sys.modules['moto'] = None; sys.modules['moto.server'] = None\n"
+            "from exporter.cli import main; sys.exit(main(['demo', '--listen', "
+            f"'127.0.0.1:{free_port()}']))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert "pip install 'iam-key-exporter[demo]'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_env_config_path_is_used(tmp_path: Any) -> None:
+    path = tmp_path / "env.yaml"
+    path.write_text("interval_seconds: 42\n")
+    r = run_cli("check-config", env={"IAM_KEY_EXPORTER_CONFIG": str(path)})
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(r.stdout)["interval_seconds"] == 42

@@ -1,0 +1,202 @@
+"""The poller: last good data, error accounting, no overlapping cycles, crash safety."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from exporter.aws.errors import Deadline
+from exporter.aws.session import ApiStats, Target
+from exporter.inventory import AccessKey, AccountInventory, Snapshot, User
+from exporter.poller import Poller
+from tests.helpers import make_config
+
+
+def inventory(active: int, account_id: str = "111111111111") -> AccountInventory:
+    keys = tuple(AccessKey(key_id=f"AKIA{i}", status="Active", created=0.0)
+                 for i in range(active))
+    return AccountInventory(account_id=account_id, strategy="list",
+                            users=(User(name="alice", keys=keys),), collected_at=1.0)
+
+
+def denied() -> ClientError:
+    return ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "ListUsers")
+
+
+class Script:
+    """A collect function that plays a list of results (inventories or exceptions)."""
+
+    def __init__(self, *results: Any) -> None:
+        self.results = list(results)
+        self.deadlines: list[Deadline] = []
+
+    def __call__(self, target: Target, cfg: Any, deadline: Deadline) -> AccountInventory:
+        self.deadlines.append(deadline)
+        result = self.results.pop(0) if len(self.results) > 1 else self.results[0]
+        if isinstance(result, BaseException):
+            raise result
+        assert isinstance(result, AccountInventory)
+        return result
+
+
+def poller(collect: Any, **cfg: Any) -> tuple[Poller, list[Snapshot]]:
+    config = make_config(**cfg)
+    published: list[Snapshot] = []
+    target = Target(config, ApiStats())
+    return Poller(config, [target], publish=published.append, collect=collect), published
+
+
+def test_failed_cycle_keeps_last_good_inventory() -> None:
+    good = inventory(2)
+    p, published = poller(Script(good, denied(), denied()))
+    first = p.run_cycle()
+    assert first.ready and first.accounts[0].success
+    last_ok = first.accounts[0].last_success
+    second = p.run_cycle()
+    st = second.accounts[0]
+    assert not st.success
+    assert st.error == "AccessDenied"
+    assert st.inventory is good  # last good data kept
+    assert st.last_success == last_ok  # and its time does not advance
+    assert second.ready
+    third = p.run_cycle()
+    assert third.error_counts == {("unknown", "AccessDenied"): 2}
+    assert len(published) == 3 and published[-1] is third
+
+
+def test_failure_before_any_success_is_not_ready() -> None:
+    p, _ = poller(Script(denied()))
+    snap = p.run_cycle()
+    assert snap.completed_at is not None
+    assert not snap.ready
+    assert snap.accounts[0].inventory is None and not snap.accounts[0].success
+
+
+def test_user_gone_from_aws_is_gone_from_next_snapshot() -> None:
+    two = AccountInventory("1", "list", (User("alice"), User("bob")))
+    one = AccountInventory("1", "list", (User("alice"),))
+    p, _ = poller(Script(two, one))
+    p.run_cycle()
+    inv = p.run_cycle().accounts[0].inventory
+    assert inv is not None and [u.name for u in inv.users] == ["alice"]
+
+
+def test_unexpected_exception_is_a_failed_cycle_not_a_crash() -> None:
+    p, _ = poller(Script(inventory(1), ZeroDivisionError("bug")))
+    p.run_cycle()
+    st = p.run_cycle().accounts[0]
+    assert st.error == "ZeroDivisionError" and st.inventory is not None
+
+
+def test_each_account_gets_a_deadline_of_the_cycle_timeout() -> None:
+    script = Script(inventory(1))
+    p, _ = poller(script, interval_seconds=100)
+    p.run_cycle()
+    assert script.deadlines[0].seconds == 80  # 80 % of the interval by default
+    script2 = Script(inventory(1))
+    p2, _ = poller(script2, collection={"timeout_seconds": 7})
+    p2.run_cycle()
+    assert script2.deadlines[0].seconds == 7
+
+
+def test_two_cycles_never_overlap() -> None:
+    running, peak = 0, 0
+    lock = threading.Lock()
+
+    def slow(target: Any, cfg: Any, deadline: Deadline) -> AccountInventory:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.2)
+        with lock:
+            running -= 1
+        return inventory(1)
+
+    p, published = poller(slow)
+    threads = [threading.Thread(target=p.run_cycle) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak == 1
+    assert [s.cycles for s in published] == [1, 2, 3]
+
+
+def test_thread_survives_a_crashing_cycle_and_stops_promptly() -> None:
+    calls = 0
+
+    def publish_crash_once(snap: Snapshot) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug in publish")
+
+    config = make_config(interval_seconds=1)
+    p = Poller(config, [Target(config, ApiStats())], publish=publish_crash_once,
+               collect=Script(inventory(1)))
+    p.start()
+    try:
+        deadline = time.monotonic() + 5
+        while calls < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert calls >= 2, "the thread died with the first cycle"
+        assert p.alive()
+    finally:
+        started = time.monotonic()
+        p.stop(timeout=5)
+    assert time.monotonic() - started < 1.5
+    assert not p.alive()
+
+
+def test_first_cycle_runs_at_start_then_on_the_interval() -> None:
+    stamps: list[float] = []
+
+    def collect(target: Any, cfg: Any, deadline: Deadline) -> AccountInventory:
+        stamps.append(time.monotonic())
+        return inventory(1)
+
+    config = make_config(interval_seconds=1)
+    p = Poller(config, [Target(config, ApiStats())], collect=collect)
+    t0 = time.monotonic()
+    p.start()
+    try:
+        while len(stamps) < 3 and time.monotonic() - t0 < 6:
+            time.sleep(0.02)
+    finally:
+        p.stop()
+    assert len(stamps) >= 3
+    assert stamps[0] - t0 < 0.5
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert all(0.85 <= g <= 1.2 for g in gaps), gaps  # 1 s ± 10 % jitter
+
+
+@pytest.mark.parametrize("n_accounts,parallel", [(4, 4), (4, 1)])
+def test_accounts_are_collected_in_parallel_up_to_the_cap(n_accounts: int, parallel: int
+                                                          ) -> None:
+    running, peak = 0, 0
+    lock = threading.Lock()
+
+    def slow(target: Any, cfg: Any, deadline: Deadline) -> AccountInventory:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.1)
+        with lock:
+            running -= 1
+        return inventory(1, account_id=target.account_id)
+
+    config = make_config(
+        collection={"max_parallel_accounts": parallel},
+        accounts=[{"role_arn": f"arn:aws:iam::11111111111{i}:role/r"} for i in range(n_accounts)])
+    stats = ApiStats()
+    targets = [Target(config, stats, account=a) for a in config.accounts]
+    p = Poller(config, targets, collect=slow)
+    snap = p.run_cycle()
+    assert peak == parallel
+    assert [a.account_id for a in snap.accounts] == [f"11111111111{i}" for i in range(n_accounts)]
