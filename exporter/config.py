@@ -142,7 +142,20 @@ class Config:
 
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader whose documents are checked for duplicate mapping keys first (PyYAML
-    keeps the last one silently); see _check_duplicates."""
+    keeps the last one silently; see _check_duplicates), and whose scalar constructors
+    fail with a YAMLError rather than whatever Python raised (``2001-02-30`` looks like a
+    timestamp and gives a ValueError, ``!!bool maybe`` a KeyError, ...)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError,
+                OverflowError) as e:
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            detail = f" ({e})" if type(e) is ValueError else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {_describe(node.value)} as {kind}{detail}",
+                node.start_mark) from None
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -168,6 +181,10 @@ def _check_duplicates(loader: _StrictLoader, node: yaml.Node, path: str,
                 key: Any = "<<"
             else:
                 key = loader.construct_object(key_node)
+                try:
+                    hash(key)
+                except TypeError:  # e.g. "? !!set" — the constructor reports it
+                    return
             child = _join(path, str(key))
             line = key_node.start_mark.line + 1
             if key in first_line:

@@ -8,6 +8,7 @@ calls the exporter made (by action) and make AWS fail on demand. It speaks plain
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 from collections import Counter
@@ -29,6 +30,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *_: Any) -> None:  # keep test output clean
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes: without NODELAY, Nagle and delayed
+        # ACKs add ~40 ms to every request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
@@ -36,6 +43,8 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server
         fault = proxy.fault_for(action)
         proxy.record(action, fault)
+        if proxy.latency:
+            time.sleep(proxy.latency)
         if fault == "reset":
             self.close_connection = True
             self.connection.close()
@@ -52,6 +61,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=30)
         try:
+            conn.connect()
+            assert conn.sock is not None
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
             conn.request("POST", self.path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -82,6 +94,7 @@ class AwsProxy(ThreadingHTTPServer):
         self.mode: str | None = None
         self.modes: dict[str, str] = {}
         self.hang_seconds = 5.0
+        self.latency = 0.0  # added to every request, like the distance to a real region
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
