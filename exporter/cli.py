@@ -57,8 +57,7 @@ def _load(args: argparse.Namespace) -> Config:
     cfg = config.load(getattr(args, "config", None))
     overrides: dict[str, object] = {}
     if getattr(args, "listen", None):
-        if not config.LISTEN_RE.match(args.listen):
-            raise config.ConfigError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+        config.check_listen(args.listen, "--listen")
         overrides["listen"] = args.listen
     if getattr(args, "log_format", None):
         overrides["log_format"] = args.log_format

@@ -290,12 +290,16 @@ def _build(cls: type[Any], data: Any, path: str) -> Any:
     return cls(**kwargs)
 
 
+def check_listen(value: str, where: str = "listen") -> None:
+    m = LISTEN_RE.match(value)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ConfigError(f"{where}: expected HOST:PORT with a port from 1 to 65535, "
+                          f"got {_describe(value)}")
+
+
 def _check(cfg: Config) -> None:
     """Checks that span one value's type: formats and cross-field rules."""
-    m = LISTEN_RE.match(cfg.listen)
-    if not m or not 0 < int(m.group(2)) < 65536:
-        raise ConfigError(f"listen: expected HOST:PORT with a port from 1 to 65535, "
-                          f"got {_describe(cfg.listen)}")
+    check_listen(cfg.listen)
     url = cfg.aws.endpoint_url
     if url is not None and not _is_http_url(url):
         raise ConfigError(f"aws.endpoint_url: expected an http(s) URL, "

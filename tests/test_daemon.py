@@ -103,6 +103,13 @@ def test_scrapes_never_call_aws(iam: Any, proxy: AwsProxy,
     assert d.get("/metrics", headers={"Accept-Encoding": "gzip"}).status_code == 200
     assert d.get("/").status_code == 200
     assert proxy.counts() == before
+    s = d.scrape()
+    assert sample(s, "iam_exporter_aws_api_calls_total", account_id=A, service="iam",
+                  operation="ListAccessKeys") == 5
+    # The identity call made before the account id was known is counted under it too.
+    assert sample(s, "iam_exporter_aws_api_calls_total", account_id=A, service="sts",
+                  operation="GetCallerIdentity") == 1
+    assert not [k for k in s if ("account_id", "unknown") in k[1]]
 
 
 def test_aws_failure_keeps_last_good_data_and_recovers(

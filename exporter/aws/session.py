@@ -59,6 +59,14 @@ class ApiStats:
         with self._lock:
             return ApiCounts(dict(self._calls), dict(self._errors), dict(self._retries))
 
+    def relabel(self, old: str, new: str) -> None:
+        """Moves counts recorded before the account id was known to the real id."""
+        with self._lock:
+            counters: tuple[Counter[Any], ...] = (self._calls, self._errors, self._retries)
+            for counter in counters:
+                for key in [k for k in counter if k[0] == old]:
+                    counter[(new, *key[1:])] += counter.pop(key)
+
     def total_calls(self, service: str | None = None) -> int:
         with self._lock:
             return sum(n for (_, s, _), n in self._calls.items() if service in (None, s))
@@ -175,6 +183,7 @@ class Target:
             self.iam()
             assert self._sts is not None
             self.account_id = self._sts.get_caller_identity()["Account"]
+            self._stats.relabel(UNKNOWN_ACCOUNT, self.account_id)
         return self.account_id
 
 
