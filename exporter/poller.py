@@ -16,8 +16,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from exporter.aws.collect import collect_account
-from exporter.aws.errors import Deadline, error_code
+from exporter.aws.errors import CollectionError, Deadline, error_code
 from exporter.aws.session import Target
 from exporter.config import Config
 from exporter.inventory import STATUSES, AccountInventory, AccountState, Snapshot
@@ -55,7 +57,9 @@ class Poller:
         except Exception as e:
             duration = time.monotonic() - started
             code = error_code(e)
-            known = code != type(e).__name__ or code.endswith("Error")
+            # A traceback only for what we did not expect: AWS and collection errors are
+            # fully described by their code.
+            known = isinstance(e, ClientError | BotoCoreError | CollectionError)
             log.error("collection failed", exc_info=None if known else e, extra={
                 "account_id": target.account_id, "account_name": target.name,
                 "error": code, "detail": str(e)[:300], "duration_s": round(duration, 3),

@@ -201,3 +201,15 @@ def test_accounts_are_collected_in_parallel_up_to_the_cap(n_accounts: int, paral
     snap = p.run_cycle()
     assert peak == parallel
     assert [a.account_id for a in snap.accounts] == [f"11111111111{i}" for i in range(n_accounts)]
+
+
+def test_log_has_a_traceback_only_for_unexpected_errors(caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    p, _ = poller(Script(denied(), ZeroDivisionError("bug")))
+    with caplog.at_level("ERROR", logger="exporter.poller"):
+        p.run_cycle()
+        p.run_cycle()
+    failed = [r for r in caplog.records if r.getMessage() == "collection failed"]
+    assert [getattr(r, "error", None) for r in failed] == ["AccessDenied", "ZeroDivisionError"]
+    assert failed[0].exc_info is None
+    assert failed[1].exc_info is not None
