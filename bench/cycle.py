@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from exporter.aws.collect import collect_account  # noqa: E402
 from exporter.aws.errors import Deadline  # noqa: E402
 from exporter.aws.session import ApiStats, Target  # noqa: E402
-from exporter.config import parse  # noqa: E402
+from exporter.config import Config, parse  # noqa: E402
 from tests.awsproxy import AwsProxy  # noqa: E402
 
 CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
@@ -63,9 +63,8 @@ def seed(endpoint: str, users: int) -> int:
     return keys
 
 
-def baseline(endpoint: str) -> tuple[dict[str, int], int]:
+def baseline(iam: Any) -> tuple[dict[str, int], int]:
     """The straightforward sequential loop most scripts use."""
-    iam = boto3.client("iam", endpoint_url=endpoint)
     counts: dict[str, int] = {}
     n = 0
     for page in iam.get_paginator("list_users").paginate():
@@ -76,10 +75,17 @@ def baseline(endpoint: str) -> tuple[dict[str, int], int]:
     return counts, n
 
 
-def exporter_cycle(endpoint: str, concurrency: int) -> tuple[dict[str, int], int]:
+def exporter_target(endpoint: str, concurrency: int) -> tuple[Target, Config]:
+    """A target as the daemon keeps it: clients built once, account id resolved once."""
     cfg = parse(f"aws: {{endpoint_url: '{endpoint}'}}\n"
                 f"collection: {{concurrency: {concurrency}}}\n", env={})
-    inv = collect_account(Target(cfg, ApiStats()), cfg, Deadline(600))
+    target = Target(cfg, ApiStats())
+    target.resolve_account_id()
+    return target, cfg
+
+
+def exporter_cycle(target: Target, cfg: Config) -> tuple[dict[str, int], int]:
+    inv = collect_account(target, cfg, Deadline(600))
     return {u.name: u.count("Active") for u in inv.users}, len(inv.users)
 
 
@@ -112,9 +118,11 @@ def main() -> int:
         results: dict[str, list[float]] = {"exporter": [], "baseline": []}
         requests: dict[str, dict[str, int]] = {}
         truth: dict[str, int] | None = None
+        target, cfg = exporter_target(proxy.url, args.concurrency)
+        client = boto3.client("iam", endpoint_url=proxy.url)
         for _ in range(args.rounds):
-            for name, fn in (("exporter", lambda: exporter_cycle(proxy.url, args.concurrency)),
-                             ("baseline", lambda: baseline(proxy.url))):
+            for name, fn in (("exporter", lambda: exporter_cycle(target, cfg)),
+                             ("baseline", lambda: baseline(client))):
                 before = proxy.counts()
                 t = time.perf_counter()
                 counts, n = fn()
