@@ -53,8 +53,9 @@ def setup(fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # botocore logs request bodies at debug level: keep it quiet whatever our level is.
-    for noisy in ("botocore", "boto3", "urllib3"):
+    # botocore logs request bodies at debug level, and the demo's moto server every
+    # request: keep them quiet whatever our level is.
+    for noisy in ("botocore", "boto3", "urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -74,5 +75,6 @@ def gunicorn_logconfig(fmt: str, level: str) -> dict[str, Any]:
             "botocore": {"level": "WARNING"},
             "boto3": {"level": "WARNING"},
             "urllib3": {"level": "WARNING"},
+            "werkzeug": {"level": "WARNING"},  # the demo's embedded moto server
         },
     }

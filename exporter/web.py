@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import html
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -178,8 +179,15 @@ def serve(listen: str, factory: Callable[[], WSGIApplication], threads: int,
         def load(self) -> WSGIApplication:
             return factory()
 
+    arbiter_pid = os.getpid()
     try:
         Gunicorn().run()
     except SystemExit as e:
-        return int(e.code or 0)
+        code = int(e.code or 0)
+        if os.getpid() != arbiter_pid:
+            # The worker is a fork of this very call stack: leaving it normally would run
+            # the arbiter's clean-up (finally blocks, atexit) in the worker too.
+            logging.shutdown()
+            os._exit(code)
+        return code
     return 0
