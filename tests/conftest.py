@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
 import requests
+from botocore.stub import Stubber
 
 from tests.helpers import FAKE_ENV, free_port, iam_client
 
@@ -47,3 +49,16 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def iam(moto: str, aws_env: dict[str, str]) -> Any:
     """A boto3 IAM client on the (emptied) moto server, for seeding."""
     return iam_client(moto)
+
+
+@pytest.fixture
+def client() -> Any:
+    """An IAM client for botocore's Stubber (no server behind it)."""
+    return boto3.client("iam", region_name="us-east-1", aws_access_key_id="x",
+                        aws_secret_access_key="x")
+
+
+@pytest.fixture
+def stub(client: Any) -> Iterator[Stubber]:
+    with Stubber(client) as stubber:
+        yield stubber

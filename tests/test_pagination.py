@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
@@ -24,18 +22,6 @@ from exporter.inventory import AccessKey
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 ACCOUNT = "123456789012"
-
-
-@pytest.fixture
-def client() -> Any:
-    return boto3.client("iam", region_name="us-east-1", aws_access_key_id="x",
-                        aws_secret_access_key="x")
-
-
-@pytest.fixture
-def stub(client: Any) -> Iterator[Stubber]:
-    with Stubber(client) as stubber:
-        yield stubber
 
 
 def user(name: str, path: str = "/") -> dict[str, Any]:

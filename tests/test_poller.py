@@ -104,27 +104,33 @@ def test_each_account_gets_a_deadline_of_the_cycle_timeout() -> None:
     assert script2.deadlines[0].seconds == 7
 
 
+class Slow:
+    """A collect function that takes a while and records how many ran at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.running = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, target: Target, cfg: Any, deadline: Deadline) -> AccountInventory:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.running -= 1
+        return inventory(1, account_id=target.account_id)
+
+
 def test_two_cycles_never_overlap() -> None:
-    running, peak = 0, 0
-    lock = threading.Lock()
-
-    def slow(target: Any, cfg: Any, deadline: Deadline) -> AccountInventory:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.2)
-        with lock:
-            running -= 1
-        return inventory(1)
-
+    slow = Slow(0.2)
     p, published = poller(slow)
     threads = [threading.Thread(target=p.run_cycle) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert peak == 1
+    assert slow.peak == 1
     assert [s.cycles for s in published] == [1, 2, 3]
 
 
@@ -179,19 +185,7 @@ def test_first_cycle_runs_at_start_then_on_the_interval() -> None:
 @pytest.mark.parametrize("n_accounts,parallel", [(4, 4), (4, 1)])
 def test_accounts_are_collected_in_parallel_up_to_the_cap(n_accounts: int, parallel: int
                                                           ) -> None:
-    running, peak = 0, 0
-    lock = threading.Lock()
-
-    def slow(target: Any, cfg: Any, deadline: Deadline) -> AccountInventory:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.1)
-        with lock:
-            running -= 1
-        return inventory(1, account_id=target.account_id)
-
+    slow = Slow(0.1)
     config = make_config(
         collection={"max_parallel_accounts": parallel},
         accounts=[{"role_arn": f"arn:aws:iam::11111111111{i}:role/r"} for i in range(n_accounts)])
@@ -199,7 +193,7 @@ def test_accounts_are_collected_in_parallel_up_to_the_cap(n_accounts: int, paral
     targets = [Target(config, stats, account=a) for a in config.accounts]
     p = Poller(config, targets, collect=slow)
     snap = p.run_cycle()
-    assert peak == parallel
+    assert slow.peak == parallel
     assert [a.account_id for a in snap.accounts] == [f"11111111111{i}" for i in range(n_accounts)]
 
 
