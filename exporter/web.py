@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exporter.web")
 
+Response = tuple[str, list[tuple[str, str]], bytes]  # status, headers, body
+
 
 class Store:
     """Holds the current exposition; replaced as one reference, read without locks."""
@@ -69,17 +71,17 @@ class App:
     def __init__(self, store: Store, poller: Poller | None = None) -> None:
         self.store = store
         self.poller = poller
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/") or "/"
-        method = environ.get("REQUEST_METHOD", "GET")
-        routes: dict[str, Callable[[WSGIEnvironment], tuple[str, list[tuple[str, str]], bytes]]] = {
+        self.routes: dict[str, Callable[[WSGIEnvironment], Response]] = {
             "/metrics": self.metrics,
             "/healthz": self.healthz,
             "/readyz": self.readyz,
             "/": self.index,
         }
-        handler = routes.get(path)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        handler = self.routes.get(path)
         if handler is None:
             status, headers, body = "404 Not Found", [], b"not found\n"
         elif method not in ("GET", "HEAD"):
@@ -93,7 +95,7 @@ class App:
         start_response(status, headers)
         return [b"" if method == "HEAD" else body]
 
-    def metrics(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+    def metrics(self, environ: WSGIEnvironment) -> Response:
         exp = self.store.exposition
         tail = metrics.process_metrics()
         headers = [("Content-Type", metrics.CONTENT_TYPE), ("Vary", "Accept-Encoding")]
@@ -104,17 +106,17 @@ class App:
             return "200 OK", headers, exp.gzipped + gzip.compress(tail, compresslevel=1, mtime=0)
         return "200 OK", headers, exp.body + tail
 
-    def healthz(self, _: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+    def healthz(self, _: WSGIEnvironment) -> Response:
         if self.poller is not None and not self.poller.alive():
             return "503 Service Unavailable", [], b"poller thread is not running\n"
         return "200 OK", [], b"ok\n"
 
-    def readyz(self, _: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+    def readyz(self, _: WSGIEnvironment) -> Response:
         if not self.store.exposition.snapshot.ready:
             return "503 Service Unavailable", [], b"no collection cycle has succeeded yet\n"
         return "200 OK", [], b"ready\n"
 
-    def index(self, _: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+    def index(self, _: WSGIEnvironment) -> Response:
         snap = self.store.exposition.snapshot
         rows = []
         for st in snap.accounts:
