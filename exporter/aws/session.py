@@ -67,10 +67,6 @@ class ApiStats:
                 for key in [k for k in counter if k[0] == old]:
                     counter[(new, *key[1:])] += counter.pop(key)
 
-    def total_calls(self, service: str | None = None) -> int:
-        with self._lock:
-            return sum(n for (_, s, _), n in self._calls.items() if service in (None, s))
-
 
 def _instrument(client: Any, service: str, stats: ApiStats, target: Target) -> None:
     """Counts every logical call (after botocore's retries) and each retry attempt."""
