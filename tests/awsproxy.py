@@ -93,6 +93,7 @@ class AwsProxy(ThreadingHTTPServer):
         # fault mode for every action, or per action; None = pass through
         self.mode: str | None = None
         self.modes: dict[str, str] = {}
+        self.fault_budget: int | None = None  # how many more faults to inject; None: no limit
         self.hang_seconds = 5.0
         self.latency = 0.0  # added to every request, like the distance to a real region
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -103,7 +104,12 @@ class AwsProxy(ThreadingHTTPServer):
 
     def fault_for(self, action: str) -> str | None:
         with self.lock:
-            return self.modes.get(action, self.mode)
+            fault = self.modes.get(action, self.mode)
+            if fault is not None and self.fault_budget is not None:
+                if self.fault_budget <= 0:
+                    return None
+                self.fault_budget -= 1
+            return fault
 
     def record(self, action: str, fault: str | None) -> None:
         with self.lock:

@@ -116,7 +116,8 @@ class Target:
         aws = self._cfg.aws
         return BotoConfig(
             region_name=self._cfg.region,
-            retries={"mode": aws.retry_mode, "max_attempts": aws.max_attempts},
+            # total_max_attempts counts the first attempt; botocore's max_attempts would not.
+            retries={"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts},
             connect_timeout=aws.connect_timeout_seconds,
             read_timeout=aws.read_timeout_seconds,
             max_pool_connections=self._cfg.collection.concurrency + 2,
