@@ -43,6 +43,8 @@ class Poller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._states: dict[str, AccountState] = {}
+        # By target key, not account id: the id of the default credentials is only known
+        # once STS answers, and failures from before then belong to it too.
         self._errors: Counter[tuple[str, str]] = Counter()
         self._cycles = 0
         self.snapshot = Snapshot()
@@ -91,10 +93,14 @@ class Poller:
             for st in states:
                 self._states[st.key] = st
                 if not st.success:
-                    self._errors[(st.account_id, st.error or "unknown")] += 1
+                    self._errors[(st.key, st.error or "unknown")] += 1
             self._cycles += 1
+            ids = {t.key: t.account_id for t in self.targets}
+            errors: Counter[tuple[str, str]] = Counter()
+            for (key, code), n in self._errors.items():
+                errors[(ids[key], code)] += n
             self.snapshot = Snapshot(accounts=tuple(states), cycles=self._cycles,
-                                     completed_at=time.time(), error_counts=dict(self._errors))
+                                     completed_at=time.time(), error_counts=dict(errors))
             if self._publish is not None:
                 self._publish(self.snapshot)
             return self.snapshot

@@ -155,8 +155,11 @@ def test_aws_down_at_startup_then_ready_when_it_returns(
     s = d.wait_for(lambda s: keys(s, "alice", "Active") == 1)
     assert d.get("/readyz").status_code == 200
     assert sample(s, "iam_exporter_collection_success", account_id=A) == 1
-    # The placeholder account label is gone once the real id is known.
-    assert sample(s, "iam_exporter_collection_success", account_id="unknown") is None
+    # The placeholder account label is gone once the real id is known, and the failures
+    # from before then are counted under the real id.
+    assert not [k for k in s if ("account_id", "unknown") in k[1]]
+    assert (sample(s, "iam_exporter_collection_errors_total", account_id=A,
+                   error="InternalFailure") or 0) >= 1
 
 
 def test_readyz_is_503_until_the_first_cycle_ends(
