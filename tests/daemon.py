@@ -17,6 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import FAKE_ENV, ROOT, free_port
 
+# The installed console script, as a user runs it (python -m exporter is tested by test_cli).
+CONSOLE_SCRIPT = Path(sys.executable).parent / "iam-key-exporter"
+
 
 def parse_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Exposition text → {(sample name, sorted labels): value}."""
@@ -48,7 +51,7 @@ class Daemon:
         full_env.update(env or {})
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", *args, "--config", str(self.config_path),
+            [str(CONSOLE_SCRIPT), *args, "--config", str(self.config_path),
              "--listen", f"127.0.0.1:{self.port}"],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
