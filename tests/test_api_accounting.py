@@ -75,3 +75,20 @@ def test_connection_errors_are_counted_by_exception_class(aws_env: dict[str, str
     counts = stats.counts()
     assert counts.errors == {("unknown", "sts", "GetCallerIdentity", "EndpointConnectionError"): 1}
     assert counts.retries == {("unknown", "sts", "GetCallerIdentity"): 1}
+
+
+def test_credential_report_cycle_costs_three_calls_once_a_report_exists(
+        iam: Any, proxy: AwsProxy) -> None:
+    for i in range(30):
+        add_user(iam, f"user{i}", ("Active",))
+    cfg = make_config(aws={"endpoint_url": proxy.url},
+                      collection={"strategy": "credential-report"})
+    target = Target(cfg, ApiStats())
+    collect_account(target, cfg, Deadline(60))  # the first report is generated here
+    before = proxy.counts()
+    inv = collect_account(target, cfg, Deadline(60))
+    after = proxy.counts()
+    assert len(inv.users) == 30
+    spent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert spent == {"GenerateCredentialReport": 1, "GetCredentialReport": 1,
+                     "GetAccountSummary": 1}
