@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -27,6 +27,8 @@ from exporter.inventory import STATUSES, AccountInventory, AccountState, Snapsho
 log = logging.getLogger("exporter.poller")
 
 JITTER = 0.1
+# Seconds past an account's deadline before the cycle stops waiting for it.
+OVERRUN = 2.0
 
 Collect = Callable[[Target, Config, Deadline], AccountInventory]
 
@@ -47,30 +49,37 @@ class Poller:
         # once STS answers, and failures from before then belong to it too.
         self._errors: Counter[tuple[str, str]] = Counter()
         self._cycles = 0
+        # Target keys whose collection is running (set operations are atomic in CPython).
+        self._busy: set[str] = set()
         self.snapshot = Snapshot()
 
     # -- one cycle -----------------------------------------------------------------------
 
-    def _collect_one(self, target: Target) -> AccountState:
-        started = time.monotonic()
+    def _failed(self, target: Target, code: str, duration: float, detail: str,
+                exc: BaseException | None = None) -> AccountState:
+        """A failed account's state: the last good inventory is kept, and said so."""
         prev = self._states.get(target.key)
+        log.error("collection failed", exc_info=exc, extra={
+            "account_id": target.account_id, "account_name": target.name,
+            "error": code, "detail": detail[:300], "duration_s": round(duration, 3),
+            "kept_last_good": prev is not None and prev.inventory is not None})
+        return AccountState(
+            key=target.key, account_id=target.account_id, name=target.name,
+            inventory=prev.inventory if prev else None, success=False,
+            duration=duration, last_success=prev.last_success if prev else None, error=code)
+
+    def _collect_one(self, target: Target, started_at: dict[str, float]) -> AccountState:
+        started = started_at[target.key] = time.monotonic()
         try:
             inv = self._collect(target, self.cfg, Deadline(self.cfg.cycle_timeout))
         except Exception as e:
-            duration = time.monotonic() - started
-            code = error_code(e)
             # A traceback only for what we did not expect: AWS and collection errors are
             # fully described by their code.
             known = isinstance(e, ClientError | BotoCoreError | CollectionError)
-            log.error("collection failed", exc_info=None if known else e, extra={
-                "account_id": target.account_id, "account_name": target.name,
-                "error": code, "detail": str(e)[:300], "duration_s": round(duration, 3),
-                "kept_last_good": prev is not None and prev.inventory is not None})
-            return AccountState(
-                key=target.key, account_id=target.account_id, name=target.name,
-                inventory=prev.inventory if prev else None, success=False,
-                duration=duration, last_success=prev.last_success if prev else None,
-                error=code)
+            return self._failed(target, error_code(e), time.monotonic() - started, str(e),
+                                exc=None if known else e)
+        finally:
+            self._busy.discard(target.key)
         duration = time.monotonic() - started
         counts = {s: sum(u.count(s) for u in inv.users) for s in STATUSES}
         log.info("collection done", extra={
@@ -84,12 +93,51 @@ class Poller:
             key=target.key, account_id=inv.account_id, name=target.name, inventory=inv,
             success=True, duration=duration, last_success=time.time())
 
+    def _collect_all(self) -> list[AccountState]:
+        """Every account in parallel (up to the cap), none waited for past its deadline.
+
+        The deadline is checked between AWS calls; a call stuck inside botocore's retries
+        could still outlast it, so the cycle stops waiting for such an account, reports it
+        failed, and does not start it again until the stuck collection has ended.
+        """
+        timeout = self.cfg.cycle_timeout
+        workers = min(self.cfg.collection.max_parallel_accounts, len(self.targets)) or 1
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="iam-account")
+        started_at: dict[str, float] = {}
+        futures: dict[str, Future[AccountState]] = {}
+        for t in self.targets:
+            if t.key not in self._busy:
+                self._busy.add(t.key)
+                futures[t.key] = pool.submit(self._collect_one, t, started_at)
+        pending = set(futures.values())
+        overdue: set[str] = set()
+        while pending:
+            _, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            now = time.monotonic()
+            for key, fut in futures.items():
+                began = started_at.get(key)
+                if fut in pending and began is not None and now - began > timeout + OVERRUN:
+                    overdue.add(key)
+                    pending.discard(fut)
+        pool.shutdown(wait=False)
+        states = []
+        for t in self.targets:
+            result = futures.get(t.key)
+            if result is None:
+                states.append(self._failed(t, "StillRunning", 0.0,
+                                           "the previous collection has not ended yet"))
+            elif t.key in overdue:
+                states.append(self._failed(t, "DeadlineExceeded",
+                                           time.monotonic() - started_at[t.key],
+                                           f"no result within the {timeout:g}s deadline"))
+            else:
+                states.append(result.result())
+        return states
+
     def run_cycle(self) -> Snapshot:
         """Collects every account once (never two cycles at once) and publishes."""
         with self._cycle_lock:
-            workers = min(self.cfg.collection.max_parallel_accounts, len(self.targets)) or 1
-            with ThreadPoolExecutor(workers, thread_name_prefix="iam-account") as pool:
-                states = list(pool.map(self._collect_one, self.targets))
+            states = self._collect_all()
             for st in states:
                 self._states[st.key] = st
                 if not st.success:

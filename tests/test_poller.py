@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from exporter.aws.errors import Deadline
 from exporter.aws.session import ApiStats, Target
 from exporter.inventory import AccessKey, AccountInventory, Snapshot, User
-from exporter.poller import Poller
+from exporter.poller import OVERRUN, Poller
 from tests.helpers import make_config
 
 
@@ -207,3 +207,59 @@ def test_log_has_a_traceback_only_for_unexpected_errors(caplog: pytest.LogCaptur
     assert [getattr(r, "error", None) for r in failed] == ["AccessDenied", "ZeroDivisionError"]
     assert failed[0].exc_info is None
     assert failed[1].exc_info is not None
+
+
+def test_a_stuck_account_is_not_waited_for_past_its_deadline() -> None:
+    """A call stuck inside botocore cannot hold the cycle, nor run twice at once."""
+    release = threading.Event()
+    calls = 0
+
+    def collect(target: Any, cfg: Any, deadline: Deadline) -> AccountInventory:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return inventory(1)
+        release.wait(30)  # stuck, deaf to the deadline
+        return inventory(2)
+
+    p, _ = poller(collect, collection={"timeout_seconds": 0.5})
+    p.run_cycle()
+    t0 = time.monotonic()
+    st = p.run_cycle().accounts[0]
+    took = time.monotonic() - t0
+    assert 0.5 <= took < 0.5 + OVERRUN + 1
+    assert st.error == "DeadlineExceeded" and not st.success
+    assert st.inventory is not None and st.inventory.users[0].count("Active") == 1
+    # Still stuck: the next cycle does not start a second collection of it.
+    st = p.run_cycle().accounts[0]
+    assert st.error == "StillRunning" and calls == 2
+    release.set()
+    deadline = time.monotonic() + 5
+    while p._busy and time.monotonic() < deadline:
+        time.sleep(0.02)
+    st = p.run_cycle().accounts[0]
+    assert st.success and calls == 3
+    assert st.inventory is not None and st.inventory.users[0].count("Active") == 2
+
+
+def test_a_stuck_account_does_not_hide_the_others() -> None:
+    stuck = threading.Event()
+
+    def collect(target: Target, cfg: Any, deadline: Deadline) -> AccountInventory:
+        if target.account_id.endswith("0"):
+            stuck.wait(30)
+        return inventory(1, account_id=target.account_id)
+
+    config = make_config(collection={"timeout_seconds": 0.3}, accounts=[
+        {"role_arn": f"arn:aws:iam::11111111111{i}:role/r"} for i in range(3)])
+    stats = ApiStats()
+    p = Poller(config, [Target(config, stats, account=a) for a in config.accounts],
+               collect=collect)
+    try:
+        snap = p.run_cycle()
+        assert [(a.account_id, a.success, a.error) for a in snap.accounts] == [
+            ("111111111110", False, "DeadlineExceeded"),
+            ("111111111111", True, None),
+            ("111111111112", True, None)]
+    finally:
+        stuck.set()
