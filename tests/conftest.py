@@ -10,6 +10,7 @@ import pytest
 import requests
 from botocore.stub import Stubber
 
+from tests.awsproxy import AwsProxy
 from tests.helpers import FAKE_ENV, free_port, iam_client
 
 
@@ -29,6 +30,14 @@ def moto(moto_server: str) -> str:
     """Endpoint of the shared moto server, emptied for this test."""
     requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
     return moto_server
+
+
+@pytest.fixture
+def proxy(moto: str) -> Iterator[AwsProxy]:
+    """A counting, fault-injecting proxy in front of the (emptied) moto server."""
+    p = AwsProxy(moto).start()
+    yield p
+    p.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,13 +13,6 @@ from tests.awsproxy import AwsProxy
 from tests.helpers import MOTO_ACCOUNT, add_user, make_config
 
 A = MOTO_ACCOUNT
-
-
-@pytest.fixture
-def proxy(moto: str) -> Iterator[AwsProxy]:
-    p = AwsProxy(moto).start()
-    yield p
-    p.stop()
 
 
 def collect(proxy: AwsProxy, **aws: Any) -> tuple[Any, ApiStats]:

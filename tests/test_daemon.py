@@ -18,13 +18,6 @@ A = MOTO_ACCOUNT
 
 
 @pytest.fixture
-def proxy(moto: str) -> Iterator[AwsProxy]:
-    p = AwsProxy(moto).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
 def start_daemon(proxy: AwsProxy) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.awsproxy import AwsProxy
@@ -28,13 +26,6 @@ def policy_actions() -> set[str]:
         acts = st["Action"]
         actions.update([acts] if isinstance(acts, str) else acts)
     return actions
-
-
-@pytest.fixture
-def proxy(moto: str) -> Iterator[AwsProxy]:
-    p = AwsProxy(moto).start()
-    yield p
-    p.stop()
 
 
 def test_policy_has_no_wildcards_and_no_writes() -> None:
