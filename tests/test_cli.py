@@ -149,3 +149,13 @@ def test_env_config_path_is_used(tmp_path: Any) -> None:
     r = run_cli("check-config", env={"IAM_KEY_EXPORTER_CONFIG": str(path)})
     assert r.returncode == 0, r.stderr
     assert yaml.safe_load(r.stdout)["interval_seconds"] == 42
+
+
+def test_once_with_no_config_uses_the_standard_aws_environment(iam: Any, moto: str) -> None:
+    """No config file at all: the default chain's account, AWS_ENDPOINT_URL respected."""
+    add_user(iam, "alice", ("Active",))
+    r = run_cli("once", env={"AWS_ENDPOINT_URL": moto})
+    assert r.returncode == 0, r.stderr
+    s = parse_samples(r.stdout)
+    assert sample(s, "iam_user_access_keys", account_id=MOTO_ACCOUNT, user_name="alice",
+                  status="Active") == 1
