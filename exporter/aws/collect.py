@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 from exporter.aws import credential_report, list_strategy
@@ -11,8 +10,6 @@ from exporter.aws.session import Target
 from exporter.aws.summary import account_summary
 from exporter.config import Config
 from exporter.inventory import AccountInventory, AccountSummary
-
-log = logging.getLogger("exporter.collect")
 
 
 def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountInventory:
