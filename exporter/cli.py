@@ -14,7 +14,10 @@ from exporter import __version__, config, logs
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
+    from exporter.aws.session import ApiStats
     from exporter.config import Config
+    from exporter.inventory import Snapshot
+    from exporter.metrics import Exposition
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEMO_LISTEN = "127.0.0.1:9877"
@@ -66,16 +69,20 @@ def _load(args: argparse.Namespace) -> Config:
     return dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
 
 
+def _expose(snap: Snapshot, stats: ApiStats, cfg: Config) -> Exposition:
+    from exporter.metrics import Exposition, RenderInput
+
+    return Exposition.of(RenderInput(snap, stats.counts(), cfg.interval_seconds))
+
+
 def _collect_once(cfg: Config) -> int:
     from exporter.aws.session import ApiStats, build_targets
-    from exporter.metrics import Exposition, RenderInput
     from exporter.poller import Poller
 
     stats = ApiStats()
     poller = Poller(cfg, build_targets(cfg, stats))
     snap = poller.run_cycle()
-    sys.stdout.buffer.write(Exposition.of(RenderInput(snap, stats.counts(),
-                                                      cfg.interval_seconds)).body)
+    sys.stdout.buffer.write(_expose(snap, stats, cfg).body)
     sys.stdout.flush()
     return EXIT_OK if all(a.success for a in snap.accounts) else EXIT_FAILED
 
@@ -84,7 +91,6 @@ def _serve(cfg: Config) -> int:
     from exporter import web
     from exporter.aws.session import ApiStats, build_targets
     from exporter.inventory import Snapshot
-    from exporter.metrics import Exposition, RenderInput
     from exporter.poller import Poller
 
     pollers: list[Poller] = []
@@ -92,11 +98,10 @@ def _serve(cfg: Config) -> int:
     def factory() -> WSGIApplication:
         # Runs in gunicorn's worker, after fork.
         stats = ApiStats()
-        store = web.Store(Exposition.of(RenderInput(Snapshot(), stats.counts(),
-                                                    cfg.interval_seconds)))
+        store = web.Store(_expose(Snapshot(), stats, cfg))
 
         def publish(snap: Snapshot) -> None:
-            store.set(Exposition.of(RenderInput(snap, stats.counts(), cfg.interval_seconds)))
+            store.set(_expose(snap, stats, cfg))
 
         poller = Poller(cfg, build_targets(cfg, stats), publish=publish)
         pollers.append(poller)

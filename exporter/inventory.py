@@ -49,7 +49,6 @@ class AccountInventory:
     users: tuple[User, ...]
     summary: AccountSummary = field(default_factory=AccountSummary)
     report_generated: float | None = None  # credential report GeneratedTime, unix seconds
-    collected_at: float = 0.0
     # Non-fatal gaps of the cycle (e.g. GetAccountSummary denied), by operation.
     warnings: tuple[str, ...] = ()
 

@@ -82,7 +82,6 @@ def golden_input() -> RenderInput:
         ),
         summary=AccountSummary(root_access_keys_present=0, users=5),
         report_generated=T0 - 1800,
-        collected_at=T0 - 12.0,
     )
     staging = AccountInventory(
         account_id=STAGING,
@@ -93,7 +92,6 @@ def golden_input() -> RenderInput:
                 AccessKey("AKIAAAAAAAAAAAAACI02", "Inactive", T0 - 86400 * 100),)),
         ),
         summary=AccountSummary(root_access_keys_present=1, users=1),
-        collected_at=T0 - 3600,
     )
     snapshot = Snapshot(
         accounts=(

@@ -21,7 +21,7 @@ def inventory(active: int, account_id: str = "111111111111") -> AccountInventory
     keys = tuple(AccessKey(key_id=f"AKIA{i}", status="Active", created=0.0)
                  for i in range(active))
     return AccountInventory(account_id=account_id, strategy="list",
-                            users=(User(name="alice", keys=keys),), collected_at=1.0)
+                            users=(User(name="alice", keys=keys),))
 
 
 def denied() -> ClientError:

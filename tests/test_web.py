@@ -53,8 +53,8 @@ def snapshot() -> Snapshot:
         User("alice", keys=(AccessKey("AKIAALICE1", "Active", T0 - 100),
                             AccessKey("AKIAALICE2", "Active", T0 - 50))),
         User("bob"),
-    ), AccountSummary(0, 2), collected_at=T0)
-    stale = AccountInventory("222222222222", "list", (User("carol"),), collected_at=T0 - 900)
+    ), AccountSummary(0, 2))
+    stale = AccountInventory("222222222222", "list", (User("carol"),))
     return Snapshot(accounts=(
         AccountState("self", "111111111111", "prod", ok, True, 1.25, T0),
         AccountState("arn:aws:iam::222222222222:role/x", "222222222222", EVIL, stale, False,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from exporter.aws import credential_report, list_strategy
 from exporter.aws.errors import Deadline, error_code
 from exporter.aws.session import Target
@@ -41,6 +39,5 @@ def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountI
         users=users,
         summary=summary,
         report_generated=report_generated,
-        collected_at=time.time(),
         warnings=tuple(warnings),
     )

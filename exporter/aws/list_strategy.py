@@ -7,10 +7,11 @@ bounded thread pool. One IAM call per user is the price of exact live counts.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
-from exporter.aws.errors import CollectionError, Deadline, client_error_code
+from exporter.aws.errors import CollectionError, Deadline, DeadlineExceeded, client_error_code
 from exporter.inventory import AccessKey, User
 
 if TYPE_CHECKING:
@@ -19,52 +20,49 @@ if TYPE_CHECKING:
 PAGE_SIZE = 1000
 
 
-def list_users(iam: IAMClient, deadline: Deadline) -> list[tuple[str, str]]:
-    """All users as (name, path), following Marker while IsTruncated."""
-    users: list[tuple[str, str]] = []
+def _pages(call: Callable[..., Any], operation: str, items: str,
+           before_page: Callable[[], None] | None = None, **kwargs: Any) -> Iterator[Any]:
+    """The items of every page of a Marker-paginated IAM call, in order.
+
+    A page that says IsTruncated without a Marker is an error: stopping there would
+    silently undercount.
+    """
     marker: str | None = None
     while True:
-        deadline.check()
-        kwargs: dict[str, Any] = {"MaxItems": PAGE_SIZE}
-        if marker:
-            kwargs["Marker"] = marker
-        page = iam.list_users(**kwargs)
-        users.extend((u["UserName"], u.get("Path", "/")) for u in page.get("Users", []))
+        if before_page is not None:
+            before_page()
+        page = call(**kwargs, **({"Marker": marker} if marker else {}))
+        yield from page.get(items, [])
         if not page.get("IsTruncated"):
-            return users
+            return
         marker = page.get("Marker")
         if not marker:
-            raise CollectionError("ListUsers said IsTruncated but gave no Marker",
+            raise CollectionError(f"{operation} said IsTruncated but gave no Marker",
                                   code="InvalidPagination")
+
+
+def list_users(iam: IAMClient, deadline: Deadline) -> list[tuple[str, str]]:
+    """All users as (name, path), following Marker while IsTruncated."""
+    return [(u["UserName"], u.get("Path", "/"))
+            for u in _pages(iam.list_users, "ListUsers", "Users", deadline.check,
+                            MaxItems=PAGE_SIZE)]
+
+
+def _key(meta: Any) -> AccessKey:
+    status = meta.get("Status")
+    if status not in ("Active", "Inactive"):
+        raise CollectionError(f"unexpected key status {status!r}", code="InvalidResponse")
+    created = meta.get("CreateDate")
+    return AccessKey(key_id=meta.get("AccessKeyId"), status=status,
+                     created=created.timestamp() if created is not None else None)
 
 
 def list_keys(iam: IAMClient, user_name: str) -> tuple[AccessKey, ...] | None:
     """The user's keys, or None when the user was deleted since ListUsers."""
-    keys: list[AccessKey] = []
-    marker: str | None = None
     try:
-        while True:
-            kwargs: dict[str, Any] = {"UserName": user_name}  # role credentials require it
-            if marker:
-                kwargs["Marker"] = marker
-            page = iam.list_access_keys(**kwargs)
-            for meta in page.get("AccessKeyMetadata", []):
-                status = meta.get("Status")
-                if status not in ("Active", "Inactive"):
-                    raise CollectionError(f"unexpected key status {status!r}",
-                                          code="InvalidResponse")
-                created = meta.get("CreateDate")
-                keys.append(AccessKey(
-                    key_id=meta.get("AccessKeyId"),
-                    status=status,
-                    created=created.timestamp() if created is not None else None,
-                ))
-            if not page.get("IsTruncated"):
-                break
-            marker = page.get("Marker")
-            if not marker:  # stopping here would silently undercount the user's keys
-                raise CollectionError("ListAccessKeys said IsTruncated but gave no Marker",
-                                      code="InvalidPagination")
+        # UserName always: role credentials require it.
+        keys = [_key(m) for m in _pages(iam.list_access_keys, "ListAccessKeys",
+                                        "AccessKeyMetadata", UserName=user_name)]
     except Exception as e:
         if client_error_code(e) == "NoSuchEntity":
             return None
@@ -94,8 +92,7 @@ def collect_users(iam: IAMClient, concurrency: int, deadline: Deadline) -> tuple
             stop.set()
             if failed is not None:
                 raise failed.exception()  # type: ignore[misc]
-            deadline.check()
-            raise CollectionError("key listing did not finish", code="DeadlineExceeded")
+            raise DeadlineExceeded(f"cycle deadline of {deadline.seconds:g}s exceeded")
         users = [u for f in futures if (u := f.result()) is not None]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
