@@ -11,7 +11,7 @@ import requests
 from botocore.stub import Stubber
 
 from tests.awsproxy import AwsProxy
-from tests.helpers import FAKE_ENV, free_port, iam_client
+from tests.helpers import FAKE_ENV, ISOLATED_ENV, free_port, iam_client
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +46,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE",
                 "AWS_SHARED_CREDENTIALS_FILE", "IAM_KEY_EXPORTER_CONFIG"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for k, v in FAKE_ENV.items():
+    for k, v in ISOLATED_ENV.items():
         monkeypatch.setenv(k, v)
     return dict(FAKE_ENV)
 

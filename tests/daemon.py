@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import FAKE_ENV, ROOT, free_port
+from tests.helpers import ROOT, free_port, subprocess_env
 
 # The installed console script, as a user runs it (python -m exporter is tested by test_cli).
 CONSOLE_SCRIPT = Path(sys.executable).parent / "iam-key-exporter"
@@ -43,12 +42,7 @@ class Daemon:
         self.config_path = Path(self.dir) / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
         self.log_path = Path(self.dir) / "stderr.log"
-        full_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("AWS_", "IAM_KEY_EXPORTER_"))}
-        full_env.update(FAKE_ENV)
-        full_env.update({"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-                         "AWS_EC2_METADATA_DISABLED": "true", "PYTHONUNBUFFERED": "1"})
-        full_env.update(env or {})
+        full_env = subprocess_env({"PYTHONUNBUFFERED": "1", **(env or {})})
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [str(CONSOLE_SCRIPT), *args, "--config", str(self.config_path),

@@ -24,6 +24,16 @@ FAKE_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 MOTO_ACCOUNT = "123456789012"
+# Fake credentials, and nothing that could reach real AWS or a developer's own profile.
+ISOLATED_ENV = {**FAKE_ENV, "AWS_CONFIG_FILE": "/dev/null",
+                "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without AWS_* / IAM_KEY_EXPORTER_*, plus ISOLATED_ENV and extra."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "IAM_KEY_EXPORTER_"))}
+    return {**env, **ISOLATED_ENV, **(extra or {})}
 
 
 def in_ci() -> bool:

@@ -14,18 +14,13 @@ import yaml
 
 import exporter
 from tests.daemon import Daemon, parse_samples, sample
-from tests.helpers import FAKE_ENV, MOTO_ACCOUNT, ROOT, add_user, free_port
+from tests.helpers import MOTO_ACCOUNT, ROOT, add_user, free_port, subprocess_env
 
 
 def run_cli(*args: str, config: dict[str, Any] | None = None, tmp_path: Any = None,
             env: dict[str, str] | None = None, timeout: float = 60
             ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("AWS_", "IAM_KEY_EXPORTER_"))}
-    full_env.update(FAKE_ENV)
-    full_env.update({"AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-                     "AWS_EC2_METADATA_DISABLED": "true"})
-    full_env.update(env or {})
+    full_env = subprocess_env(env)
     argv = list(args)
     if config is not None:
         path = tmp_path / "config.yaml"

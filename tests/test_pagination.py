@@ -39,31 +39,30 @@ def key(user_name: str, key_id: str, status: str = "Active", days: int = 0) -> d
             "CreateDate": T0 + timedelta(days=days)}
 
 
-def users_page(stub: Stubber, users: list[dict[str, Any]], marker_in: str | None = None,
-               marker_out: str | None = None, truncated: bool | None = None) -> None:
-    expected: dict[str, Any] = {"MaxItems": 1000}
+def _page(stub: Stubber, method: str, items_key: str, items: list[dict[str, Any]],
+          expected: dict[str, Any], marker_in: str | None, marker_out: str | None,
+          truncated: bool | None) -> None:
     if marker_in is not None:
         expected["Marker"] = marker_in
-    resp: dict[str, Any] = {"Users": users,
+    resp: dict[str, Any] = {items_key: items,
                             "IsTruncated": marker_out is not None if truncated is None
                             else truncated}
     if marker_out is not None:
         resp["Marker"] = marker_out
-    stub.add_response("list_users", resp, expected)
+    stub.add_response(method, resp, expected)
+
+
+def users_page(stub: Stubber, users: list[dict[str, Any]], marker_in: str | None = None,
+               marker_out: str | None = None, truncated: bool | None = None) -> None:
+    _page(stub, "list_users", "Users", users, {"MaxItems": 1000}, marker_in, marker_out,
+          truncated)
 
 
 def keys_page(stub: Stubber, name: str, keys: list[dict[str, Any]],
               marker_in: str | None = None, marker_out: str | None = None,
               truncated: bool | None = None) -> None:
-    expected: dict[str, Any] = {"UserName": name}
-    if marker_in is not None:
-        expected["Marker"] = marker_in
-    resp: dict[str, Any] = {"AccessKeyMetadata": keys,
-                            "IsTruncated": marker_out is not None if truncated is None
-                            else truncated}
-    if marker_out is not None:
-        resp["Marker"] = marker_out
-    stub.add_response("list_access_keys", resp, expected)
+    _page(stub, "list_access_keys", "AccessKeyMetadata", keys, {"UserName": name},
+          marker_in, marker_out, truncated)
 
 
 def ts(days: int) -> float:
