@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
     from exporter.poller import Poller
 
-log = logging.getLogger("exporter.web")
-
 Response = tuple[str, list[tuple[str, str]], bytes]  # status, headers, body
 
 
