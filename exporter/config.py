@@ -29,7 +29,12 @@ ENV_OVERRIDES: dict[str, str] = {
     "IAM_KEY_EXPORTER_LOG_LEVEL": "log_level",
     "IAM_KEY_EXPORTER_STRATEGY": "collection.strategy",
     "IAM_KEY_EXPORTER_CONCURRENCY": "collection.concurrency",
+    "IAM_KEY_EXPORTER_SHARD_TOTAL": "sharding.total",
+    "IAM_KEY_EXPORTER_SHARD_INDEX": "sharding.index",
 }
+
+# Where a StatefulSet pod's name (and so its ordinal) is found when sharding.index is null.
+POD_NAME_VARS = ("POD_NAME", "HOSTNAME")
 
 # ASCII only (\w and \d would otherwise accept any Unicode letter or digit, and int()
 # reads Unicode digits), and \Z rather than $ (which also matches before a final newline).
@@ -37,6 +42,12 @@ ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}
 ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}\Z", re.ASCII)
 SESSION_NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}\Z", re.ASCII)
 EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}\Z", re.ASCII)
+ACCOUNT_ID_RE = re.compile(r"^\d{12}\Z", re.ASCII)
+OU_ID_RE = re.compile(r"^(ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32})\Z", re.ASCII)
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z", re.ASCII)
+ORDINAL_RE = re.compile(r"-(\d+)\Z", re.ASCII)
+# Labels iam_user_info has already; a tag label may not take one of these names.
+RESERVED_LABELS = frozenset({"account_id", "user_name", "path", "exempt", "job", "instance"})
 LISTEN_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})\Z", re.ASCII)
 
 
@@ -66,9 +77,50 @@ class CredentialReportConfig:
     wait_seconds: float = field(default=120.0, metadata=_rng(1, 3600))
 
 
+Strategy = Literal["list", "credential-report"]
+
+
+@dataclass(frozen=True)
+class UserFilterConfig:
+    # Path prefixes (e.g. "/engineering/"); empty: every path.
+    include_paths: tuple[str, ...] = ()
+    exclude_paths: tuple[str, ...] = ()
+    # Python regular expressions matched against the whole user name; empty: every name.
+    include_names: tuple[str, ...] = ()
+    exclude_names: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.include_paths or self.exclude_paths or self.include_names
+                    or self.exclude_names)
+
+    def matches(self, name: str, path: str) -> bool:
+        if self.include_paths and not any(path.startswith(p) for p in self.include_paths):
+            return False
+        if any(path.startswith(p) for p in self.exclude_paths):
+            return False
+        if self.include_names and not any(_regex(r).fullmatch(name)
+                                          for r in self.include_names):
+            return False
+        return not any(_regex(r).fullmatch(name) for r in self.exclude_names)
+
+
+_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _regex(pattern: str) -> re.Pattern[str]:
+    compiled = _REGEX_CACHE.get(pattern)
+    if compiled is None:
+        compiled = _REGEX_CACHE[pattern] = re.compile(pattern)
+    return compiled
+
+
 @dataclass(frozen=True)
 class CollectionConfig:
-    strategy: Literal["list", "credential-report"] = "list"
+    strategy: Strategy = "list"
+    # Where the list strategy gets last-used dates: off, the credential report (one
+    # report per cycle, matched to keys by creation time), or GetAccessKeyLastUsed per key.
+    last_used: Literal["off", "credential-report", "api"] = "credential-report"
     concurrency: int = field(default=8, metadata=_rng(1, 64))
     max_parallel_accounts: int = field(default=4, metadata=_rng(1, 64))
     # Deadline for one account's collection; None: 80 % of interval_seconds, at most 600 s.
@@ -76,6 +128,26 @@ class CollectionConfig:
     # is itself a valid value for every allowed interval_seconds.
     timeout_seconds: float | None = field(default=None, metadata=_rng(0.1, 86400))
     credential_report: CredentialReportConfig = field(default_factory=CredentialReportConfig)
+    users: UserFilterConfig = field(default_factory=UserFilterConfig)
+
+
+@dataclass(frozen=True)
+class ExemptTagConfig:
+    key: str = "iam-key-exporter/exempt"
+    value: str = "true"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # False: only per-account aggregates (no series per user or per key).
+    per_user: bool = True
+    # False: no per-key created / last-used series.
+    per_key: bool = True
+    # The access_key_id label: the full id, its last 4 characters, or none ("key1", ...).
+    access_key_id: Literal["full", "suffix", "none"] = "full"
+    # IAM user tag key → label name on iam_user_info.
+    user_tags: dict[str, str] = field(default_factory=dict)
+    exempt_tag: ExemptTagConfig = field(default_factory=ExemptTagConfig)
 
 
 @dataclass(frozen=True)
@@ -84,6 +156,8 @@ class AccountConfig:
     external_id: str | None = None
     name: str | None = None
     session_name: str = "iam-key-exporter"
+    # Overrides collection.strategy for this account.
+    strategy: Strategy | None = None
 
     @property
     def account_id(self) -> str:
@@ -96,12 +170,34 @@ class AccountConfig:
 class OrganizationsConfig:
     enabled: bool = False
     role_name: str = "OrganizationAccountAccessRole"
+    external_id: str | None = None
+    session_name: str = "iam-key-exporter"
+    include_accounts: tuple[str, ...] = ()
+    exclude_accounts: tuple[str, ...] = ()
+    # OU or root ids; the whole subtree under each is walked.
+    include_ous: tuple[str, ...] = ()
+    exclude_ous: tuple[str, ...] = ()
+    # Re-discover the accounts every this many cycles.
+    refresh_cycles: int = field(default=12, metadata=_rng(1, 10000))
+
+
+@dataclass(frozen=True)
+class ShardingConfig:
+    total: int = field(default=1, metadata=_rng(1, 1000))
+    # None: the ordinal of $POD_NAME or $HOSTNAME ("iam-key-exporter-2" → 2) when total > 1.
+    index: int | None = field(default=None, metadata=_rng(0, 999))
+
+    @property
+    def shard(self) -> int:
+        return self.index or 0
 
 
 @dataclass(frozen=True)
 class WebConfig:
     threads: int = field(default=8, metadata=_rng(1, 256))
     shutdown_grace_seconds: float = field(default=8.0, metadata=_rng(1, 300))
+    # exporter-toolkit style web config file: TLS and basic auth for the endpoints.
+    config_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,11 +206,22 @@ class Config:
     interval_seconds: float = field(default=300.0, metadata=_rng(1, 86400))
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Also collect the account of the exporter's own credentials. None: only when no
+    # accounts are listed and Organizations discovery is off.
+    include_self: bool | None = None
     aws: AwsConfig = field(default_factory=AwsConfig)
     collection: CollectionConfig = field(default_factory=CollectionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     accounts: tuple[AccountConfig, ...] = ()
     organizations: OrganizationsConfig = field(default_factory=OrganizationsConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
     web: WebConfig = field(default_factory=WebConfig)
+
+    @property
+    def collect_self(self) -> bool:
+        if self.include_self is not None:
+            return self.include_self
+        return not self.accounts and not self.organizations.enabled
 
     @property
     def cycle_timeout(self) -> float:
@@ -247,6 +354,14 @@ def _convert(tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {_describe(value)}")
         return tuple(_convert(item_tp, v, f"{path}[{i}]", {}) for i, v in enumerate(value))
+    if origin is dict:
+        key_tp, value_tp = get_args(tp)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
+        return {_convert(key_tp, k, f"{path} key", {}): _convert(value_tp, v, f"{path}.{k}", {})
+                for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)  # type: ignore[arg-type]
     if tp is bool:
@@ -319,12 +434,94 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{p}.role_arn: account {acct.account_id} is already listed "
                               f"at accounts[{seen[acct.account_id]}]")
         seen[acct.account_id] = i
-    if not ROLE_NAME_RE.match(cfg.organizations.role_name):
-        raise ConfigError(f"organizations.role_name: expected an IAM role name, "
-                          f"got {_describe(cfg.organizations.role_name)}")
-    if cfg.organizations.enabled:
-        raise ConfigError("organizations.enabled: Organizations discovery is not available in "
-                          "this version yet; list the member accounts under accounts: instead")
+    _check_organizations(cfg.organizations)
+    _check_users(cfg.collection.users)
+    _check_metrics(cfg.metrics)
+    if cfg.sharding.index is not None and cfg.sharding.index >= cfg.sharding.total:
+        raise ConfigError(f"sharding.index: expected a value from 0 to "
+                          f"{cfg.sharding.total - 1} (sharding.total - 1), "
+                          f"got {cfg.sharding.index}")
+    if not (cfg.collect_self or cfg.accounts or cfg.organizations.enabled):
+        raise ConfigError("include_self: false leaves no account to collect; list accounts "
+                          "or enable organizations")
+    web_file = cfg.web.config_file
+    if web_file is not None and not web_file.strip():
+        raise ConfigError("web.config_file: expected a file path, got ''")
+
+
+def _check_organizations(org: OrganizationsConfig) -> None:
+    p = "organizations"
+    if not ROLE_NAME_RE.match(org.role_name):
+        raise ConfigError(f"{p}.role_name: expected an IAM role name, "
+                          f"got {_describe(org.role_name)}")
+    if org.external_id is not None and not EXTERNAL_ID_RE.match(org.external_id):
+        raise ConfigError(f"{p}.external_id: expected 2-1224 characters of [\\w+=,.@:/-]")
+    if not SESSION_NAME_RE.match(org.session_name):
+        raise ConfigError(f"{p}.session_name: expected 2-64 characters of [\\w+=,.@-], "
+                          f"got {_describe(org.session_name)}")
+    for key in ("include_accounts", "exclude_accounts"):
+        for i, v in enumerate(getattr(org, key)):
+            if not ACCOUNT_ID_RE.match(v):
+                raise ConfigError(f"{p}.{key}[{i}]: expected a 12-digit account id (quoted), "
+                                  f"got {_describe(v)}")
+    for key in ("include_ous", "exclude_ous"):
+        for i, v in enumerate(getattr(org, key)):
+            if not OU_ID_RE.match(v):
+                raise ConfigError(f"{p}.{key}[{i}]: expected an OU id (ou-xxxx-xxxxxxxx) or "
+                                  f"a root id (r-xxxx), got {_describe(v)}")
+
+
+def _check_users(users: UserFilterConfig) -> None:
+    for key in ("include_names", "exclude_names"):
+        for i, pattern in enumerate(getattr(users, key)):
+            try:
+                _regex(pattern)
+            except re.error as e:
+                raise ConfigError(f"collection.users.{key}[{i}]: invalid regular expression "
+                                  f"{_describe(pattern)}: {e}") from None
+    for key in ("include_paths", "exclude_paths"):
+        for i, prefix in enumerate(getattr(users, key)):
+            if not prefix.startswith("/"):
+                raise ConfigError(f"collection.users.{key}[{i}]: expected a path prefix "
+                                  f"starting with /, got {_describe(prefix)}")
+
+
+def _check_metrics(m: MetricsConfig) -> None:
+    seen: dict[str, str] = {}
+    for tag, label in m.user_tags.items():
+        where = f"metrics.user_tags.{tag}"
+        if not 1 <= len(tag) <= 128:
+            raise ConfigError(f"{where}: expected a tag key of 1 to 128 characters")
+        if not LABEL_NAME_RE.match(label) or label.startswith("__"):
+            raise ConfigError(f"{where}: expected a Prometheus label name "
+                              f"([a-zA-Z_][a-zA-Z0-9_]*, not starting with __), "
+                              f"got {_describe(label)}")
+        if label in RESERVED_LABELS:
+            raise ConfigError(f"{where}: label name {label!r} is reserved (reserved: "
+                              f"{', '.join(sorted(RESERVED_LABELS))})")
+        if label in seen:
+            raise ConfigError(f"{where}: label name {label!r} is already used for tag "
+                              f"{seen[label]!r}")
+        seen[label] = tag
+    if not 1 <= len(m.exempt_tag.key) <= 128:
+        raise ConfigError("metrics.exempt_tag.key: expected a tag key of 1 to 128 characters")
+
+
+def _resolve_shard(cfg: Config, env: Mapping[str, str]) -> Config:
+    """Fills in sharding.index from a StatefulSet pod name's ordinal where it is null."""
+    sh = cfg.sharding
+    if sh.index is not None or sh.total == 1:
+        return cfg
+    for var in POD_NAME_VARS:
+        m = ORDINAL_RE.search(env.get(var, ""))
+        if m:
+            index = int(m.group(1))
+            if index >= sh.total:
+                raise ConfigError(f"sharding.index: ${var} ({env[var]!r}) gives shard {index}, "
+                                  f"but sharding.total is {sh.total}")
+            return dataclasses.replace(cfg, sharding=dataclasses.replace(sh, index=index))
+    raise ConfigError("sharding.index: required when sharding.total > 1, unless $POD_NAME or "
+                      "$HOSTNAME ends in -<ordinal> (a StatefulSet pod)")
 
 
 def _is_http_url(url: str) -> bool:
@@ -387,6 +584,7 @@ def parse(text: str, env: Mapping[str, str] | None = None, source: str = "config
     try:
         cfg: Config = _build(Config, data, "")
         _check(cfg)
+        cfg = _resolve_shard(cfg, env or {})
     except ConfigError as e:
         msg = str(e)
         for dotted, var in overridden.items():
@@ -414,12 +612,20 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     """The effective config as plain data (for check-config), with resolved defaults."""
-    raw = dataclasses.asdict(cfg)
-    raw["accounts"] = [dict(a) for a in raw["accounts"]]
+    raw: dict[str, Any] = _plain(dataclasses.asdict(cfg))
+    raw["include_self"] = cfg.collect_self
     raw["aws"]["region"] = cfg.region
     raw["aws"]["endpoint_url"] = cfg.endpoint_url
     raw["collection"]["timeout_seconds"] = cfg.cycle_timeout
     return raw
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def dump(cfg: Config) -> str:

@@ -36,8 +36,8 @@ CONFIG_DATA = TESTDATA / "config"
 EXAMPLE = ROOT / "config" / "exporter.yaml"
 DEMO = ROOT / "config" / "demo.yaml"
 CLI_PREFIX = "iam-key-exporter: invalid config: "
-KNOWN_TOP = ("listen, interval_seconds, log_format, log_level, aws, collection, accounts, "
-             "organizations, web")
+KNOWN_TOP = ("listen, interval_seconds, log_format, log_level, include_self, aws, collection, "
+             "metrics, accounts, organizations, sharding, web")
 ROLE_ARN_EXPECTED = "expected arn:aws:iam::<12-digit account>:role/<name>"
 LISTEN_EXPECTED = "listen: expected HOST:PORT with a port from 1 to 65535"
 ARN_1 = "arn:aws:iam::111111111111:role/iam-key-exporter"
@@ -50,13 +50,13 @@ INVALID: dict[str, str] = {
     "invalid-unknown-top-level-key.yml":
         f"intervall_seconds: unknown key (known keys: {KNOWN_TOP})",
     "invalid-unknown-nested-key.yml":
-        "collection.stratgy: unknown key (known keys: strategy, concurrency, "
-        "max_parallel_accounts, timeout_seconds, credential_report)",
+        "collection.stratgy: unknown key (known keys: strategy, last_used, concurrency, "
+        "max_parallel_accounts, timeout_seconds, credential_report, users)",
     "invalid-unknown-deep-key.yml":
         "collection.credential_report.wait: unknown key (known keys: wait_seconds)",
     "invalid-unknown-account-key.yml":
         "accounts[0].externalId: unknown key (known keys: role_arn, external_id, name, "
-        "session_name)",
+        "session_name, strategy)",
     # choices
     "invalid-strategy.yml":
         "collection.strategy: expected one of list, credential-report, got 'bogus'",
@@ -127,9 +127,39 @@ INVALID: dict[str, str] = {
     "invalid-top-level-scalar.yml":
         "{path}: expected a mapping at the top level, got 'interval_seconds=60'",
     # organizations
-    "invalid-organizations-enabled.yml":
-        "organizations.enabled: Organizations discovery is not available in this version "
-        "yet; list the member accounts under accounts: instead",
+    "invalid-organizations-account-id.yml":
+        "organizations.include_accounts[0]: expected a 12-digit account id (quoted), "
+        "got '1234'",
+    "invalid-organizations-ou.yml":
+        "organizations.exclude_ous[0]: expected an OU id (ou-xxxx-xxxxxxxx) or a root id "
+        "(r-xxxx), got 'engineering'",
+    # metrics
+    "invalid-user-tags-label.yml":
+        "metrics.user_tags.Team: expected a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, "
+        "not starting with __), got 'team-name'",
+    "invalid-user-tags-reserved.yml":
+        "metrics.user_tags.Owner: label name 'user_name' is reserved (reserved: account_id, "
+        "exempt, instance, job, path, user_name)",
+    "invalid-user-tags-same-label.yml":
+        "metrics.user_tags.team: label name 'team' is already used for tag 'Team'",
+    "invalid-access-key-id.yml":
+        "metrics.access_key_id: expected one of full, suffix, none, got 'last4'",
+    # user filters and collection
+    "invalid-user-name-regex.yml":
+        "collection.users.include_names[0]: invalid regular expression 'svc-[a-z': "
+        "unterminated character set at position 4",
+    "invalid-user-path.yml":
+        "collection.users.exclude_paths[0]: expected a path prefix starting with /, "
+        "got 'engineering/'",
+    "invalid-last-used.yml":
+        "collection.last_used: expected one of off, credential-report, api, got 'report'",
+    "invalid-account-strategy.yml":
+        "accounts[0].strategy: expected one of list, credential-report, got 'report'",
+    # sharding and accounts
+    "invalid-shard-index.yml": "sharding.index: expected a value from 0 to 2 "
+        "(sharding.total - 1), got 3",
+    "invalid-include-self-nothing.yml": "include_self: false leaves no account to collect; "
+        "list accounts or enable organizations",
     "invalid-organizations-role-name.yml":
         "organizations.role_name: expected an IAM role name, got 'role name with spaces'",
     # formats
@@ -239,9 +269,24 @@ VALID: dict[str, dict[str, Any]] = {
         "accounts[0].session_name": "key-exporter-prod",
         "accounts[0].account_id": "111111111111",
         "organizations.role_name": "AuditRole",
+        "organizations.enabled": True,
+        "organizations.include_accounts": ("222222222222",),
+        "organizations.exclude_ous": ("ou-ab12-abcdefgh",),
+        "organizations.refresh_cycles": 3,
         "web.threads": 4,
         "web.shutdown_grace_seconds": 2.0,
+        "web.config_file": "/etc/iam-key-exporter/web.yml",
         "cycle_timeout": 45.0,
+        "include_self": True,
+        "collection.last_used": "api",
+        "collection.users.exclude_names": ("svc-test-.*",),
+        "metrics.per_user": False,
+        "metrics.access_key_id": "suffix",
+        "metrics.user_tags": {"Team": "team", "cost-center": "cost_center"},
+        "metrics.exempt_tag.value": "yes",
+        "accounts[0].strategy": "list",
+        "sharding.total": 4,
+        "sharding.index": 2,
     },
     "valid-accounts.yml": {
         "accounts[0]": config.AccountConfig(
@@ -331,6 +376,7 @@ def _resolved(cfg: Config) -> Config:
         cfg,
         aws=dataclasses.replace(cfg.aws, region=cfg.aws.region or "us-east-1"),
         collection=dataclasses.replace(cfg.collection, timeout_seconds=cfg.cycle_timeout),
+        include_self=cfg.collect_self,
     )
 
 
@@ -489,6 +535,8 @@ ENV_GOOD: dict[str, tuple[str, str, Any]] = {
     "IAM_KEY_EXPORTER_LOG_LEVEL": ("warning", "log_level", "warning"),
     "IAM_KEY_EXPORTER_STRATEGY": ("list", "collection.strategy", "list"),
     "IAM_KEY_EXPORTER_CONCURRENCY": ("3", "collection.concurrency", 3),
+    "IAM_KEY_EXPORTER_SHARD_TOTAL": ("8", "sharding.total", 8),
+    "IAM_KEY_EXPORTER_SHARD_INDEX": ("1", "sharding.index", 1),
 }
 
 # Variable → (value, the error before " (set by environment variable VAR)").
@@ -503,6 +551,9 @@ ENV_BAD: dict[str, tuple[str, str]] = {
         ("bogus", "collection.strategy: expected one of list, credential-report, got 'bogus'"),
     "IAM_KEY_EXPORTER_CONCURRENCY":
         ("0", "collection.concurrency: expected a value from 1 to 64, got 0"),
+    "IAM_KEY_EXPORTER_SHARD_TOTAL":
+        ("0", "sharding.total: expected a value from 1 to 1000, got 0"),
+    "IAM_KEY_EXPORTER_SHARD_INDEX": ("x", "sharding.index: expected an integer, got 'x'"),
 }
 
 
@@ -968,3 +1019,47 @@ def test_any_document_through_the_cli(doc: Any) -> None:
         assert run.stderr == f"{CLI_PREFIX}{want}\n"
     else:
         _assert_prints(run, want)
+
+
+@pytest.mark.parametrize(("env", "want"), [
+    ({"POD_NAME": "iam-key-exporter-2"}, 2),
+    ({"HOSTNAME": "iam-key-exporter-0"}, 0),
+    ({"POD_NAME": "exporter-1", "HOSTNAME": "other-0"}, 1),
+    ({"POD_NAME": "x-1", "IAM_KEY_EXPORTER_SHARD_INDEX": "2"}, 2),
+])
+def test_shard_index_from_the_pod_ordinal(env: dict[str, str], want: int) -> None:
+    cfg = config.parse("sharding:\n  total: 3\n", env=env)
+    assert cfg.sharding.index == want
+
+
+@pytest.mark.parametrize(("env", "error"), [
+    ({}, "sharding.index: required when sharding.total > 1, unless $POD_NAME or $HOSTNAME "
+         "ends in -<ordinal> (a StatefulSet pod)"),
+    ({"HOSTNAME": "box"}, "sharding.index: required when sharding.total > 1"),
+    ({"POD_NAME": "exporter-3"}, "sharding.index: $POD_NAME ('exporter-3') gives shard 3, "
+                                 "but sharding.total is 3"),
+])
+def test_shard_index_errors(env: dict[str, str], error: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse("sharding:\n  total: 3\n", env=env)
+    assert str(e.value).startswith(error)
+
+
+def test_include_self_default_follows_the_accounts() -> None:
+    assert config.parse("").collect_self
+    assert not config.parse(f"accounts:\n  - role_arn: {ARN_1}\n").collect_self
+    assert not config.parse("organizations:\n  enabled: true\n").collect_self
+    assert config.parse("include_self: true\norganizations:\n  enabled: true\n").collect_self
+
+
+def test_user_filters() -> None:
+    users = config.parse("collection:\n  users:\n    include_paths: [/eng/]\n"
+                         "    exclude_paths: [/eng/old/]\n    include_names: ['svc-.*', ci]\n"
+                         "    exclude_names: [svc-tmp]\n").collection.users
+    assert users.matches("svc-a", "/eng/")
+    assert users.matches("ci", "/eng/x/")
+    assert not users.matches("cia", "/eng/")  # full match, not prefix
+    assert not users.matches("svc-tmp", "/eng/")
+    assert not users.matches("svc-a", "/eng/old/")
+    assert not users.matches("svc-a", "/")
+    assert not config.CollectionConfig().users.active
