@@ -72,15 +72,16 @@ def _load(args: argparse.Namespace) -> Config:
 def _expose(snap: Snapshot, stats: ApiStats, cfg: Config) -> Exposition:
     from exporter.metrics import Exposition, RenderInput
 
-    return Exposition.of(RenderInput(snap, stats.counts(), cfg.interval_seconds))
+    return Exposition.of(RenderInput(snap, stats.counts(), cfg.interval_seconds, cfg.metrics))
 
 
 def _collect_once(cfg: Config) -> int:
-    from exporter.aws.session import ApiStats, build_targets
+    from exporter.aws.accounts import AccountSet
+    from exporter.aws.session import ApiStats
     from exporter.poller import Poller
 
     stats = ApiStats()
-    poller = Poller(cfg, build_targets(cfg, stats))
+    poller = Poller(cfg, AccountSet(cfg, stats))
     snap = poller.run_cycle()
     sys.stdout.buffer.write(_expose(snap, stats, cfg).body)
     sys.stdout.flush()
@@ -89,7 +90,8 @@ def _collect_once(cfg: Config) -> int:
 
 def _serve(cfg: Config) -> int:
     from exporter import web
-    from exporter.aws.session import ApiStats, build_targets
+    from exporter.aws.accounts import AccountSet
+    from exporter.aws.session import ApiStats
     from exporter.inventory import Snapshot
     from exporter.poller import Poller
 
@@ -103,11 +105,12 @@ def _serve(cfg: Config) -> int:
         def publish(snap: Snapshot) -> None:
             store.set(_expose(snap, stats, cfg))
 
-        poller = Poller(cfg, build_targets(cfg, stats), publish=publish)
+        poller = Poller(cfg, AccountSet(cfg, stats), publish=publish)
         pollers.append(poller)
         poller.start()
         log.info("poller started", extra={
-            "accounts": len(poller.targets), "strategy": cfg.collection.strategy,
+            "accounts": len(cfg.accounts), "strategy": cfg.collection.strategy,
+            "organizations": cfg.organizations.enabled,
             "interval_s": cfg.interval_seconds})
         return web.App(store, poller)
 

@@ -29,6 +29,10 @@ class User:
     name: str
     path: str = "/"
     keys: tuple[AccessKey, ...] = ()
+    # Only the configured tags (metrics.user_tags), as (tag key, value) pairs.
+    tags: tuple[tuple[str, str], ...] = ()
+    # Tagged with the exemption tag: left out of the key-count alerts.
+    exempt: bool = False
 
     def count(self, status: KeyStatus) -> int:
         return sum(1 for k in self.keys if k.status == status)
@@ -43,14 +47,37 @@ class AccountSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class Discovery:
+    """How the last AWS Organizations discovery went."""
+
+    success: bool
+    accounts: int  # accounts the Organization listed, before sharding
+    last_success: float | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A non-fatal gap of a cycle: the data is served, but this part is missing."""
+
+    operation: str
+    code: str
+
+    def __str__(self) -> str:
+        return f"{self.operation}: {self.code}"
+
+
+@dataclass(frozen=True, slots=True)
 class AccountInventory:
     account_id: str
     strategy: str
     users: tuple[User, ...]
     summary: AccountSummary = field(default_factory=AccountSummary)
     report_generated: float | None = None  # credential report GeneratedTime, unix seconds
-    # Non-fatal gaps of the cycle (e.g. GetAccountSummary denied), by operation.
-    warnings: tuple[str, ...] = ()
+    # Non-fatal gaps of the cycle (e.g. GetAccountSummary denied).
+    warnings: tuple[Gap, ...] = ()
+    # Whether every key's last use (or "never used") is known; None: not collected.
+    last_used_complete: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +105,9 @@ class Snapshot:
     completed_at: float | None = None
     # Failed cycles so far, by (account_id, error class): a counter carried across cycles.
     error_counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # How the last Organizations discovery went; None when discovery is off.
+    discovery: Discovery | None = None
+    shard: tuple[int, int] = (0, 1)  # (index, total)
 
     @property
     def ready(self) -> bool:

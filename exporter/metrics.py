@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import platform
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.aws.session import ApiCounts
+from exporter.config import MetricsConfig
 from exporter.inventory import STATUSES, AccessKey, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -29,9 +30,14 @@ def _cached(interval: float) -> str:
             "not at scrape time.")
 
 
-def key_label(key: AccessKey) -> str:
-    """The access_key_id label: the key id, or the report slot where no id is known."""
-    return key.key_id if key.key_id else f"slot{key.slot}"
+def key_label(key: AccessKey, mode: str = "full", position: int = 0) -> str:
+    """The access_key_id label: the key id (full or its last 4 characters), or its
+    position (none); the report slot where no id is known (credential-report strategy)."""
+    if mode == "none":
+        return f"key{position + 1}"
+    if not key.key_id:
+        return f"slot{key.slot}"
+    return key.key_id if mode == "full" else key.key_id[-4:]
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class RenderInput:
     snapshot: Snapshot
     api: ApiCounts
     interval: float
+    options: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 class _InventoryCollector(Collector):
@@ -89,6 +96,37 @@ class _InventoryCollector(Collector):
             "iam_exporter_collection_duration_seconds",
             "Wall time of the last collection cycle for the account.", labels=["account_id"])
 
+        opts = self.data.options
+        tag_labels = list(opts.user_tags.values())
+        tag_keys = list(opts.user_tags)
+        user_info = GaugeMetricFamily(
+            "iam_user_info", "IAM user; always 1. exempt is \"true\" for users with the "
+            "exemption tag; further labels are the configured user tags (empty where the "
+            "user has no such tag)." + cached,
+            labels=["account_id", "user_name", "path", "exempt", *tag_labels])
+        acct_keys = GaugeMetricFamily(
+            "iam_account_access_keys", "Access keys of the account's watched users, by "
+            "status." + cached, labels=["account_id", "status"])
+        multi = GaugeMetricFamily(
+            "iam_account_users_with_multiple_active_keys",
+            "Watched users (not exempt) holding more than one active access key." + cached,
+            labels=["account_id"])
+        watched = GaugeMetricFamily(
+            "iam_account_watched_users",
+            "IAM users collected in the account (after the user filters)." + cached,
+            labels=["account_id"])
+        complete = GaugeMetricFamily(
+            "iam_exporter_last_used_complete",
+            "1 if the last use (or no use) of every key of the account is known; where 0, "
+            "a missing iam_access_key_last_used_timestamp_seconds does not mean never "
+            "used.", labels=["account_id"])
+        gaps = GaugeMetricFamily(
+            "iam_exporter_collection_warnings",
+            "1 for each part the last successful cycle could not read (the rest was "
+            "collected), by operation and error code.",
+            labels=["account_id", "operation", "code"])
+        mode = opts.access_key_id
+
         for st in snap.accounts:
             acct = st.account_id
             info.add_metric([acct, st.name], 1)
@@ -99,15 +137,38 @@ class _InventoryCollector(Collector):
             inv = st.inventory
             if inv is None:
                 continue
+            totals = dict.fromkeys(STATUSES, 0)
+            n_multi = 0
             for user in inv.users:
-                for status in STATUSES:
-                    keys.add_metric([acct, user.name, status], user.count(status))
-                for key in user.keys:
-                    labels = [acct, user.name, key_label(key), key.status]
+                active, inactive = user.count("Active"), user.count("Inactive")
+                totals["Active"] += active
+                totals["Inactive"] += inactive
+                if active > 1 and not user.exempt:
+                    n_multi += 1
+                if not opts.per_user:
+                    continue
+                keys.add_metric([acct, user.name, "Active"], active)
+                keys.add_metric([acct, user.name, "Inactive"], inactive)
+                tags = dict(user.tags)
+                user_info.add_metric(
+                    [acct, user.name, user.path, "true" if user.exempt else "false",
+                     *(tags.get(k, "") for k in tag_keys)], 1)
+                if not opts.per_key:
+                    continue
+                for i, key in enumerate(user.keys):
+                    labels = [acct, user.name, key_label(key, mode, i), key.status]
                     if key.created is not None:
                         created.add_metric(labels, key.created)
                     if key.last_used is not None:
                         last_used.add_metric(labels, key.last_used)
+            for status in STATUSES:
+                acct_keys.add_metric([acct, status], totals[status])
+            multi.add_metric([acct], n_multi)
+            watched.add_metric([acct], len(inv.users))
+            if inv.last_used_complete is not None:
+                complete.add_metric([acct], 1 if inv.last_used_complete else 0)
+            for gap in inv.warnings:
+                gaps.add_metric([acct, gap.operation, gap.code], 1)
             if inv.summary.users is not None:
                 users.add_metric([acct], inv.summary.users)
             if inv.summary.root_access_keys_present is not None:
@@ -115,8 +176,8 @@ class _InventoryCollector(Collector):
             if inv.report_generated is not None:
                 report.add_metric([acct], inv.report_generated)
 
-        yield from (keys, created, last_used, users, root, report, info,
-                    success, last_ok, duration)
+        yield from (keys, user_info, created, last_used, acct_keys, multi, watched, users,
+                    root, report, info, success, last_ok, duration, complete, gaps)
         yield from self._self_metrics()
 
     def _self_metrics(self) -> Iterator[Metric]:
@@ -152,7 +213,25 @@ class _InventoryCollector(Collector):
             "iam_exporter_build_info", "Build information; always 1.",
             labels=["version", "python_version"])
         build.add_metric([__version__, platform.python_version()], 1)
-        yield from (errors, calls, errs, retries, cycles, interval, build)
+        index, total = snap.shard
+        shard = GaugeMetricFamily(
+            "iam_exporter_shard_info", "This replica's shard of the accounts; always 1.",
+            labels=["shard_index", "shard_total"])
+        shard.add_metric([str(index), str(total)], 1)
+        yield from (errors, calls, errs, retries, cycles, interval, build, shard)
+        disc = snap.discovery
+        if disc is not None:
+            found = GaugeMetricFamily(
+                "iam_exporter_discovered_accounts",
+                "Accounts AWS Organizations listed at the last discovery (after the "
+                "include/exclude filters, before sharding).")
+            found.add_metric([], disc.accounts)
+            ok = GaugeMetricFamily(
+                "iam_exporter_discovery_success",
+                "1 if the last AWS Organizations discovery succeeded, else 0 (the accounts "
+                "found before are kept).")
+            ok.add_metric([], 1 if disc.success else 0)
+            yield from (found, ok)
 
 
 def render(data: RenderInput) -> bytes:

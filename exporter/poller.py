@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from exporter.aws.accounts import AccountSet
 from exporter.aws.collect import collect_account
 from exporter.aws.errors import CollectionError, Deadline, error_code
 from exporter.aws.session import Target
@@ -34,15 +35,18 @@ Collect = Callable[[Target, Config, Deadline], AccountInventory]
 
 
 class Poller:
-    def __init__(self, cfg: Config, targets: Sequence[Target],
+    def __init__(self, cfg: Config, targets: Sequence[Target] | AccountSet,
                  publish: Callable[[Snapshot], None] | None = None,
                  collect: Collect = collect_account) -> None:
         self.cfg = cfg
-        self.targets = list(targets)
+        self._accounts = targets if isinstance(targets, AccountSet) else None
+        self.targets = [] if isinstance(targets, AccountSet) else list(targets)
         self._publish = publish
         self._collect = collect
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pending: Config | None = None
         self._thread: threading.Thread | None = None
         self._states: dict[str, AccountState] = {}
         # By target key, not account id: the id of the default credentials is only known
@@ -88,7 +92,7 @@ class Poller:
             "keys_active": counts["Active"], "keys_inactive": counts["Inactive"],
             "multi_active_users": sum(1 for u in inv.users if u.count("Active") > 1),
             "duration_s": round(duration, 3),
-            **({"warnings": "; ".join(inv.warnings)} if inv.warnings else {})})
+            **({"warnings": "; ".join(map(str, inv.warnings))} if inv.warnings else {})})
         return AccountState(
             key=target.key, account_id=inv.account_id, name=target.name, inventory=inv,
             success=True, duration=duration, last_success=time.time())
@@ -134,9 +138,31 @@ class Poller:
                 states.append(result.result())
         return states
 
+    def reconfigure(self, cfg: Config) -> None:
+        """Uses cfg from the next cycle on (which starts now); a cycle running keeps its
+        config. Listen address and web settings need a restart and are not read here."""
+        self._pending = cfg
+        if self._accounts is not None:
+            self._accounts.reconfigure(cfg)
+        self._wake.set()
+
+    def _resolve_targets(self) -> None:
+        if self._pending is not None:
+            self.cfg, self._pending = self._pending, None
+        if self._accounts is not None:
+            self.targets = self._accounts.resolve(self._cycles)
+        keys = {t.key for t in self.targets}
+        # Accounts no longer watched (left the Organization, another shard, removed from
+        # the config): their series go with them.
+        for key in [k for k in self._states if k not in keys]:
+            del self._states[key]
+        for err in [e for e in self._errors if e[0] not in keys]:
+            del self._errors[err]
+
     def run_cycle(self) -> Snapshot:
         """Collects every account once (never two cycles at once) and publishes."""
         with self._cycle_lock:
+            self._resolve_targets()
             states = self._collect_all()
             for st in states:
                 self._states[st.key] = st
@@ -147,8 +173,11 @@ class Poller:
             errors: Counter[tuple[str, str]] = Counter()
             for (key, code), n in self._errors.items():
                 errors[(ids[key], code)] += n
-            self.snapshot = Snapshot(accounts=tuple(states), cycles=self._cycles,
-                                     completed_at=time.time(), error_counts=dict(errors))
+            self.snapshot = Snapshot(
+                accounts=tuple(states), cycles=self._cycles, completed_at=time.time(),
+                error_counts=dict(errors),
+                discovery=self._accounts.discovery if self._accounts else None,
+                shard=(self.cfg.sharding.shard, self.cfg.sharding.total))
             if self._publish is not None:
                 self._publish(self.snapshot)
             return self.snapshot
@@ -163,7 +192,8 @@ class Poller:
             except Exception:  # the thread must outlive any bug in a cycle
                 log.exception("collection cycle crashed; retrying next interval")
             interval = self.cfg.interval_seconds * (1 + random.uniform(-JITTER, JITTER))
-            self._stop.wait(max(interval - (time.monotonic() - started), 0.0))
+            self._wake.wait(max(interval - (time.monotonic() - started), 0.0))
+            self._wake.clear()
 
     def start(self) -> None:
         if self._thread is None:
@@ -172,6 +202,7 @@ class Poller:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 

@@ -42,18 +42,18 @@ def test_denied_account_summary_is_a_gap_not_a_failure(iam: Any, proxy: AwsProxy
     inv, stats = collect(proxy)
     assert [u.name for u in inv.users] == ["alice"]
     assert inv.summary.users is None and inv.summary.root_access_keys_present is None
-    assert inv.warnings == ("GetAccountSummary: AccessDenied",)
+    assert [str(w) for w in inv.warnings] == ["GetAccountSummary: AccessDenied"]
     assert stats.counts().errors == {(A, "iam", "GetAccountSummary", "AccessDenied"): 1}
 
 
 def test_exhausted_retries_fail_the_account_with_the_error_counted(
         iam: Any, proxy: AwsProxy) -> None:
     add_user(iam, "alice", ("Active",))
-    proxy.modes["ListUsers"] = "http500"
+    proxy.modes["GetAccountAuthorizationDetails"] = "http500"
     with pytest.raises(Exception) as info:
         collect(proxy, max_attempts=2)
     assert "InternalFailure" in str(info.value)
-    assert proxy.faults["ListUsers"] == 2  # the first attempt and one retry
+    assert proxy.faults["GetAccountAuthorizationDetails"] == 2  # the first attempt, one retry
 
 
 def test_connection_errors_are_counted_by_exception_class(aws_env: dict[str, str]) -> None:

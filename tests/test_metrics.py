@@ -27,12 +27,15 @@ from prometheus_client.parser import text_string_to_metric_families
 import exporter
 from exporter import metrics
 from exporter.aws.session import ApiCounts
+from exporter.config import MetricsConfig
 from exporter.inventory import (
     STATUSES,
     AccessKey,
     AccountInventory,
     AccountState,
     AccountSummary,
+    Discovery,
+    Gap,
     Snapshot,
     User,
 )
@@ -73,15 +76,21 @@ def golden_input() -> RenderInput:
             User("carol", path="/ops/", keys=(
                 AccessKey("AKIAAAAAAAAAAACAROL1", "Active", T0 - 86400 * 400),
                 AccessKey("AKIAAAAAAAAAAACAROL2", "Active", T0 - 86400 * 2,
-                          last_used=T0 - 60.5),)),
+                          last_used=T0 - 60.5),), tags=(("Team", "ops"),)),
             User("dave", keys=(
                 AccessKey("AKIAAAAAAAAAAAADAVE1", "Inactive", T0 - 86400 * 900),)),
+            # Exempt: counted in the key totals, not in the multiple-active-keys total.
+            User("frank", keys=(
+                AccessKey("AKIAAAAAAAAAAAFRANK1", "Active", T0 - 86400 * 3),
+                AccessKey("AKIAAAAAAAAAAAFRANK2", "Active", T0 - 86400 * 1),),
+                tags=(("Team", "data"),), exempt=True),
             # As the credential-report strategy sees it: no key id, a slot, a last-used date.
             User("erin", keys=(
                 AccessKey(None, "Active", T0 - 86400 * 10, slot=2, last_used=T0 - 7200),)),
         ),
-        summary=AccountSummary(root_access_keys_present=0, users=5),
+        summary=AccountSummary(root_access_keys_present=0, users=6),
         report_generated=T0 - 1800,
+        last_used_complete=True,
     )
     staging = AccountInventory(
         account_id=STAGING,
@@ -92,6 +101,8 @@ def golden_input() -> RenderInput:
                 AccessKey("AKIAAAAAAAAAAAAACI02", "Inactive", T0 - 86400 * 100),)),
         ),
         summary=AccountSummary(root_access_keys_present=1, users=1),
+        warnings=(Gap("GetCredentialReport", "AccessDenied"),),
+        last_used_complete=False,
     )
     snapshot = Snapshot(
         accounts=(
@@ -106,6 +117,7 @@ def golden_input() -> RenderInput:
         cycles=12,
         completed_at=T0 - 8.0,
         error_counts={(STAGING, "AccessDenied"): 3, (PROD, "ReadTimeoutError"): 1},
+        discovery=Discovery(success=True, accounts=2, last_success=T0 - 100),
     )
     api = ApiCounts(
         calls={(PROD, "iam", "ListUsers"): 12, (PROD, "iam", "ListAccessKeys"): 60,
@@ -114,7 +126,8 @@ def golden_input() -> RenderInput:
                 (PROD, "iam", "ListAccessKeys", "Throttling"): 2},
         retries={(PROD, "iam", "ListAccessKeys"): 5},
     )
-    return RenderInput(snapshot=snapshot, api=api, interval=300.0)
+    return RenderInput(snapshot=snapshot, api=api, interval=300.0,
+                       options=MetricsConfig(user_tags={"Team": "team"}))
 
 
 @pytest.fixture
@@ -288,11 +301,11 @@ def test_per_key_series() -> None:
     assert used[(PROD, "carol", "AKIAAAAAAAAAAACAROL2", "Active")] == T0 - 60.5
     # Never used: no last-used series at all (not 0, which would read as 1970).
     assert (PROD, "carol", "AKIAAAAAAAAAAACAROL1", "Active") not in used
-    assert len(created) == 7 and len(used) == 3
+    assert len(created) == 9 and len(used) == 3
     assert as_dict(samples["iam_credential_report_generated_timestamp_seconds"],
                    ("account_id",)) == {(PROD,): T0 - 1800}
     assert as_dict(samples["iam_account_users"], ("account_id",)) == {
-        (PROD,): 5.0, (STAGING,): 1.0}
+        (PROD,): 6.0, (STAGING,): 1.0}
     assert as_dict(samples["iam_root_access_keys_present"], ("account_id",)) == {
         (PROD,): 0.0, (STAGING,): 1.0}
 

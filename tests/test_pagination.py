@@ -81,13 +81,15 @@ def test_list_users_follows_markers_and_sends_max_items_each_time(client: Any,
     users_page(stub, [user("dave", "/ops/")], marker_in="m3")
     got = list_strategy.list_users(client, Deadline(60))
     stub.assert_no_pending_responses()
-    assert got == [("carol", "/"), ("alice", "/division/team/"), ("bob", "/"),
-                   ("dave", "/ops/")]
+    assert [(u.name, u.path, u.tags) for u in got] == [
+        ("carol", "/", None), ("alice", "/division/team/", None), ("bob", "/", None),
+        ("dave", "/ops/", None)]
 
 
 def test_list_users_single_page_makes_one_call(client: Any, stub: Stubber) -> None:
     users_page(stub, [user("alice")], truncated=False)
-    assert list_strategy.list_users(client, Deadline(60)) == [("alice", "/")]
+    assert list_strategy.list_users(client, Deadline(60)) == [
+        list_strategy.UserRef("alice", "/")]
     stub.assert_no_pending_responses()
 
 
@@ -310,3 +312,26 @@ def test_collect_users_concurrent_failure_raises_the_failure() -> None:
     with pytest.raises(ClientError) as info:
         list_strategy.collect_users(fake, 4, Deadline(60))  # type: ignore[arg-type]
     assert info.value.response["Error"]["Code"] == "AccessDenied"
+
+
+# ---------------------------------------------------------------------------------------
+# GetAccountAuthorizationDetails: users with their tags, a page at a time
+
+
+def gaad_page(stub: Stubber, users: list[dict[str, Any]], marker_in: str | None = None,
+              marker_out: str | None = None) -> None:
+    _page(stub, "get_account_authorization_details", "UserDetailList", users,
+          {"Filter": ["User"], "MaxItems": 1000}, marker_in, marker_out, None)
+
+
+def test_users_with_tags_follow_markers(client: Any, stub: Stubber) -> None:
+    alice = {**user("alice"), "Tags": [{"Key": "Team", "Value": "payments"},
+                                       {"Key": "iam-key-exporter/exempt", "Value": "true"}]}
+    gaad_page(stub, [alice], marker_out="m1")
+    gaad_page(stub, [user("bob", "/ops/")], marker_in="m1")
+    got = list_strategy.list_users_with_tags(client, Deadline(60))
+    stub.assert_no_pending_responses()
+    assert got == [
+        list_strategy.UserRef("alice", "/", {"Team": "payments",
+                                             "iam-key-exporter/exempt": "true"}),
+        list_strategy.UserRef("bob", "/ops/", {})]

@@ -106,8 +106,9 @@ def test_list_strategy_exact(moto: str, seeded: dict[str, Seeded]) -> None:
 
     assert inv.account_id == MOTO_ACCOUNT
     assert inv.strategy == "list"
-    assert inv.report_generated is None
+    assert inv.report_generated is not None  # read for the last-used dates
     assert inv.warnings == ()
+    assert inv.last_used_complete is True
     assert [u.name for u in inv.users] == sorted(seeded)
     assert counts(inv) == expected_counts(seeded)
     for user in inv.users:
@@ -122,7 +123,12 @@ def test_list_strategy_exact(moto: str, seeded: dict[str, Seeded]) -> None:
     assert inv.summary.root_access_keys_present == 0
 
     iam_calls = calls(stats)
-    assert iam_calls == {"ListUsers": 1, "ListAccessKeys": len(SEED), "GetAccountSummary": 1}
+    # Users and tags in one bulk call, one ListAccessKeys per user, and the credential
+    # report for last-used dates (moto answers STARTED, then COMPLETE): every key matched,
+    # so no GetAccessKeyLastUsed.
+    assert iam_calls == {"GetAccountAuthorizationDetails": 1, "ListAccessKeys": len(SEED),
+                         "GetAccountSummary": 1, "GenerateCredentialReport": 2,
+                         "GetCredentialReport": 1}
     assert stats.counts().errors == {}
     assert stats.counts().retries == {}
 

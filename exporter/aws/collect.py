@@ -1,35 +1,124 @@
-"""One account, one cycle: run the configured strategy and the account summary."""
+"""One account, one cycle: run the account's strategy, last-used dates, tags and the
+account summary, and apply the user filters."""
 
 from __future__ import annotations
 
-from exporter.aws import credential_report, list_strategy
-from exporter.aws.errors import Deadline, error_code
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from exporter.aws import credential_report, last_used, list_strategy
+from exporter.aws.errors import Deadline, DeadlineExceeded, error_code
+from exporter.aws.list_strategy import UserRef
 from exporter.aws.session import Target
 from exporter.aws.summary import account_summary
 from exporter.config import Config
-from exporter.inventory import AccountInventory, AccountSummary
+from exporter.inventory import AccountInventory, AccountSummary, Gap, User
+
+if TYPE_CHECKING:
+    from mypy_boto3_iam import IAMClient
+
+
+def _tagger(cfg: Config) -> Callable[[UserRef], User]:
+    """UserRef → a key-less User carrying the configured tags and the exemption."""
+    wanted = cfg.metrics.user_tags
+    exempt_key, exempt_value = cfg.metrics.exempt_tag.key, cfg.metrics.exempt_tag.value
+
+    def tag(ref: UserRef) -> User:
+        tags: Mapping[str, str] = ref.tags or {}
+        return User(name=ref.name, path=ref.path,
+                    tags=tuple((k, tags[k]) for k in wanted if k in tags),
+                    exempt=tags.get(exempt_key) == exempt_value)
+
+    return tag
+
+
+def _list_refs(iam: IAMClient, deadline: Deadline, gaps: list[Gap]) -> list[UserRef]:
+    """Users with tags in bulk; without the permission, users without tags (a gap)."""
+    try:
+        return list_strategy.list_users_with_tags(iam, deadline)
+    except DeadlineExceeded:
+        raise
+    except Exception as e:
+        code = error_code(e)
+        if code not in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"):
+            raise
+        gaps.append(Gap("GetAccountAuthorizationDetails", code))
+        return list_strategy.list_users(iam, deadline)
+
+
+def _attach_last_used(iam: IAMClient, users: tuple[User, ...], target: Target, cfg: Config,
+                      deadline: Deadline, gaps: list[Gap]
+                      ) -> tuple[tuple[User, ...], float | None, int | None, bool]:
+    """Last-used dates for the list strategy; returns users, the report's generation
+    time and root key count (when a report was read), and whether all are known."""
+    mode = cfg.collection.last_used
+    every = [(ui, ki) for ui, u in enumerate(users) for ki in range(len(u.keys))]
+    generated: float | None = None
+    root: int | None = None
+    wanted = every
+    cache: last_used.LastUsedCache | None = None
+    if mode == "credential-report":
+        cache = target.last_used_cache
+        try:
+            report = credential_report.fetch(
+                iam, cfg.collection.credential_report.wait_seconds, deadline)
+        except DeadlineExceeded:
+            raise
+        except Exception as e:
+            gaps.append(Gap("GetCredentialReport", error_code(e)))
+        else:
+            users, wanted = last_used.match_report(users, report.users)
+            generated, root = report.generated, report.root_keys
+    try:
+        users, _ = last_used.fill_from_api(iam, users, wanted, cfg.collection.concurrency,
+                                           deadline, cache)
+    except DeadlineExceeded:
+        raise
+    except Exception as e:
+        gaps.append(Gap("GetAccessKeyLastUsed", error_code(e)))
+        return users, generated, root, not wanted
+    return users, generated, root, True
 
 
 def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountInventory:
     """Collects one account; raises on failure (the poller keeps the last good data)."""
     account_id = target.resolve_account_id()
     iam = target.iam()
-    strategy = cfg.collection.strategy
-    warnings: list[str] = []
+    strategy = target.strategy or cfg.collection.strategy
+    filters = cfg.collection.users
+    tagger = _tagger(cfg)
+    gaps: list[Gap] = []
     report_generated: float | None = None
     root_from_report: int | None = None
+    complete: bool | None = None
     if strategy == "list":
-        users = list_strategy.collect_users(iam, cfg.collection.concurrency, deadline)
+        refs = _list_refs(iam, deadline, gaps)
+        if filters.active:
+            refs = [r for r in refs if filters.matches(r.name, r.path)]
+        users = list_strategy.collect_keys(iam, refs, cfg.collection.concurrency, deadline,
+                                           tagger)
+        if cfg.collection.last_used != "off":
+            users, report_generated, root_from_report, complete = _attach_last_used(
+                iam, users, target, cfg, deadline, gaps)
     else:
         report = credential_report.fetch(iam, cfg.collection.credential_report.wait_seconds,
                                          deadline)
         users, report_generated, root_from_report = (report.users, report.generated,
                                                      report.root_keys)
+        complete = True
+        if filters.active:
+            users = tuple(u for u in users if filters.matches(u.name, u.path))
+        if cfg.metrics.user_tags:
+            # The report has no tags: read them in bulk only when labels are asked for.
+            tagged = {r.name: tagger(r) for r in _list_refs(iam, deadline, gaps)}
+            users = tuple(_with_tags(u, tagged.get(u.name)) for u in users)
     deadline.check()
     try:
         summary = account_summary(iam)
+    except DeadlineExceeded:
+        raise
     except Exception as e:  # a gap, not a failure: the keys are what matters
-        warnings.append(f"GetAccountSummary: {error_code(e)}")
+        gaps.append(Gap("GetAccountSummary", error_code(e)))
         summary = AccountSummary()
     if summary.root_access_keys_present is None and root_from_report is not None:
         summary = AccountSummary(int(root_from_report > 0), summary.users)
@@ -39,5 +128,13 @@ def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountI
         users=users,
         summary=summary,
         report_generated=report_generated,
-        warnings=tuple(warnings),
+        warnings=tuple(gaps),
+        last_used_complete=complete,
     )
+
+
+def _with_tags(user: User, tagged: User | None) -> User:
+    if tagged is None:
+        return user
+    return User(name=user.name, path=user.path, keys=user.keys, tags=tagged.tags,
+                exempt=tagged.exempt)

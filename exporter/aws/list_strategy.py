@@ -1,15 +1,17 @@
 """The ``list`` strategy: exact, live key counts.
 
-ListUsers a page at a time (1,000 users per page), then one ListAccessKeys per user in a
-bounded thread pool. One IAM call per user is the price of exact live counts.
+Users a page at a time (1,000 per page; GetAccountAuthorizationDetails when tags are
+wanted, ListUsers otherwise), then one ListAccessKeys per user in a bounded thread pool.
+One IAM call per user is the price of exact live counts.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from exporter.aws.errors import CollectionError, Deadline, DeadlineExceeded, client_error_code
 from exporter.inventory import AccessKey, User
@@ -41,11 +43,30 @@ def _pages(call: Callable[..., Any], operation: str, items: str,
                                   code="InvalidPagination")
 
 
-def list_users(iam: IAMClient, deadline: Deadline) -> list[tuple[str, str]]:
-    """All users as (name, path), following Marker while IsTruncated."""
-    return [(u["UserName"], u.get("Path", "/"))
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    """A user as listed, before its keys are read; tags are None when not read."""
+
+    name: str
+    path: str
+    tags: Mapping[str, str] | None = None
+
+
+def list_users(iam: IAMClient, deadline: Deadline) -> list[UserRef]:
+    """All users, following Marker while IsTruncated."""
+    return [UserRef(u["UserName"], u.get("Path", "/"))
             for u in _pages(iam.list_users, "ListUsers", "Users", deadline.check,
                             MaxItems=PAGE_SIZE)]
+
+
+def list_users_with_tags(iam: IAMClient, deadline: Deadline) -> list[UserRef]:
+    """All users with their tags, a page at a time (ListUsers returns no tags, and one
+    ListUserTags per user would double the cost of a cycle)."""
+    return [UserRef(u["UserName"], u.get("Path", "/"),
+                    {t["Key"]: t["Value"] for t in u.get("Tags", [])})
+            for u in _pages(iam.get_account_authorization_details,
+                            "GetAccountAuthorizationDetails", "UserDetailList", deadline.check,
+                            Filter=["User"], MaxItems=PAGE_SIZE)]
 
 
 def _key(meta: Any) -> AccessKey:
@@ -71,30 +92,60 @@ def list_keys(iam: IAMClient, user_name: str) -> tuple[AccessKey, ...] | None:
     return tuple(keys)
 
 
-def collect_users(iam: IAMClient, concurrency: int, deadline: Deadline) -> tuple[User, ...]:
-    names = list_users(iam, deadline)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], concurrency: int,
+                 deadline: Deadline, name: str = "iam-calls") -> list[R]:
+    """fn over items in a bounded pool, in order; the first error (or the deadline) stops
+    the rest and is raised."""
+    if not items:
+        return []
     stop = threading.Event()
 
-    def one(item: tuple[str, str]) -> User | None:
+    def one(item: T) -> R:
         if stop.is_set():
-            return None
+            raise DeadlineExceeded("stopped")
         deadline.check()
-        keys = list_keys(iam, item[0])
-        return None if keys is None else User(name=item[0], path=item[1], keys=keys)
+        return fn(item)
 
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="iam-keys")
+    pool = ThreadPoolExecutor(max_workers=min(concurrency, len(items)),
+                              thread_name_prefix=name)
     try:
-        futures: list[Future[User | None]] = [pool.submit(one, u) for u in names]
+        futures: list[Future[R]] = [pool.submit(one, i) for i in items]
         done, pending = wait(futures, timeout=max(deadline.remaining(), 0.0),
                              return_when=FIRST_EXCEPTION)
-        failed = next((f for f in done if f.exception() is not None), None)
+        failed = next((f for f in futures if f in done and f.exception() is not None), None)
         if failed is not None or pending:
             stop.set()
             if failed is not None:
                 raise failed.exception()  # type: ignore[misc]
             raise DeadlineExceeded(f"cycle deadline of {deadline.seconds:g}s exceeded")
-        users = [u for f in futures if (u := f.result()) is not None]
+        return [f.result() for f in futures]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def collect_keys(iam: IAMClient, refs: Sequence[UserRef], concurrency: int,
+                 deadline: Deadline, tag_of: Callable[[UserRef], User]) -> tuple[User, ...]:
+    """One ListAccessKeys per user; users deleted since they were listed are left out."""
+
+    def one(ref: UserRef) -> User | None:
+        keys = list_keys(iam, ref.name)
+        if keys is None:
+            return None
+        base = tag_of(ref)
+        return User(name=ref.name, path=ref.path, keys=keys, tags=base.tags,
+                    exempt=base.exempt)
+
+    users = [u for u in parallel_map(one, refs, concurrency, deadline, "iam-keys")
+             if u is not None]
     users.sort(key=lambda u: u.name)
     return tuple(users)
+
+
+def collect_users(iam: IAMClient, concurrency: int, deadline: Deadline) -> tuple[User, ...]:
+    """ListUsers, then the keys of every user (no tags, no filters)."""
+    return collect_keys(iam, list_users(iam, deadline), concurrency, deadline,
+                        lambda ref: User(ref.name, ref.path))

@@ -20,6 +20,7 @@ from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshabl
 
 from exporter import __version__
 from exporter.aws.errors import CollectionError
+from exporter.aws.last_used import LastUsedCache
 from exporter.config import AccountConfig, Config
 
 if TYPE_CHECKING:
@@ -96,21 +97,52 @@ def _instrument(client: Any, service: str, stats: ApiStats, target: Target) -> N
     events.register(f"after-call-error.{service}", after_call_error)
 
 
+_loader_lock = threading.Lock()
+_shared_loader: Any = None
+
+
+def _core_session() -> botocore.session.Session:
+    """A botocore session that shares one data loader (the parsed service models, a few
+    MB each) with every other session, and uses the regional STS endpoint."""
+    global _shared_loader
+    core = botocore.session.get_session()
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", _shared_loader)
+    core.set_config_variable("sts_regional_endpoints", "regional")
+    return core
+
+
 class Target:
     """One watched account and its lazily built, cached clients."""
 
     def __init__(self, cfg: Config, stats: ApiStats, account: AccountConfig | None = None,
-                 base_session: boto3.Session | None = None) -> None:
+                 base_session: boto3.Session | None = None, name: str | None = None,
+                 account_id: str | None = None) -> None:
         self._cfg = cfg
         self._stats = stats
         self.account = account
         self.key = account.role_arn if account else "self"
-        self.name = (account.name or "") if account else ""
-        self.account_id = account.account_id if account else UNKNOWN_ACCOUNT
+        self.name = name if name is not None else ((account.name or "") if account else "")
+        self.account_id = account.account_id if account else (account_id or UNKNOWN_ACCOUNT)
+        self.strategy = account.strategy if account else None
+        self.last_used_cache = LastUsedCache()
         self._base = base_session
         self._lock = threading.Lock()
-        self._iam: IAMClient | None = None
-        self._sts: STSClient | None = None
+        self._session_obj: boto3.Session | None = None
+        self._clients: dict[str, Any] = {}
+
+    def settings(self) -> tuple[Any, ...]:
+        """What the clients are built from."""
+        c = self._cfg
+        return (self.key, self.account, c.aws, c.region, c.endpoint_url,
+                c.collection.concurrency)
+
+    def adopt(self, cfg: Config, name: str) -> None:
+        """Takes a new config whose client settings are the same as the current one's."""
+        self._cfg, self.name = cfg, name
 
     def _boto_config(self) -> BotoConfig:
         aws = self._cfg.aws
@@ -126,7 +158,8 @@ class Target:
 
     def _base_session(self) -> boto3.Session:
         if self._base is None:
-            self._base = boto3.Session(region_name=self._cfg.region)
+            self._base = boto3.Session(botocore_session=_core_session(),
+                                       region_name=self._cfg.region)
         return self._base
 
     def _session(self) -> boto3.Session:
@@ -153,7 +186,7 @@ class Target:
         creds = DeferredRefreshableCredentials(
             method="assume-role", refresh_using=fetcher.fetch_credentials
         )
-        core = botocore.session.get_session()
+        core = _core_session()
         core._credentials = creds  # type: ignore[attr-defined]  # botocore has no setter
         return boto3.Session(botocore_session=core, region_name=self._cfg.region)
 
@@ -166,20 +199,24 @@ class Target:
         _instrument(client, service, self._stats, self)
         return client
 
-    def iam(self) -> IAMClient:
+    def client(self, service: str) -> Any:
+        """A cached, instrumented client of this account's session."""
         with self._lock:
-            if self._iam is None:
-                session = self._session()
-                self._iam = self._make_client(session, "iam")
-                self._sts = self._make_client(session, "sts")
-            return self._iam
+            client = self._clients.get(service)
+            if client is None:
+                if self._session_obj is None:
+                    self._session_obj = self._session()
+                client = self._clients[service] = self._make_client(self._session_obj, service)
+            return client
+
+    def iam(self) -> IAMClient:
+        return self.client("iam")  # type: ignore[no-any-return]
 
     def resolve_account_id(self) -> str:
         """The account id, from sts:GetCallerIdentity the first time it is not known."""
         if self.account_id == UNKNOWN_ACCOUNT:
-            self.iam()
-            assert self._sts is not None
-            self.account_id = self._sts.get_caller_identity()["Account"]
+            sts: STSClient = self.client("sts")
+            self.account_id = sts.get_caller_identity()["Account"]
             self._stats.relabel(UNKNOWN_ACCOUNT, self.account_id)
         return self.account_id
 

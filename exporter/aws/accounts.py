@@ -1,0 +1,155 @@
+"""Which accounts a cycle collects: the static list, the exporter's own account, and
+the accounts AWS Organizations lists, cut down to this replica's shard.
+
+Targets are kept from cycle to cycle (their sessions and caches with them) and only
+rebuilt for accounts that appear, or whose settings change on a config reload.
+Organizations is asked again every ``organizations.refresh_cycles`` cycles, not every
+cycle; if it fails, the accounts it listed last time are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from exporter import sharding
+from exporter.aws.errors import error_code
+from exporter.aws.session import ApiStats, Target
+from exporter.config import AccountConfig, Config
+from exporter.inventory import Discovery
+
+log = logging.getLogger("exporter.accounts")
+
+
+class AccountSet:
+    """Resolves the targets of each cycle."""
+
+    def __init__(self, cfg: Config, stats: ApiStats) -> None:
+        self._stats = stats
+        self._lock = threading.Lock()
+        self._cfg = cfg
+        self._pending: Config | None = None
+        self._targets: dict[str, Target] = {}
+        self._self: Target | None = None
+        self._org: list[tuple[str, str]] | None = None  # (account id, name)
+        self._org_cycle = -1
+        self.discovery: Discovery | None = None
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Takes effect at the next resolve(); rediscovers the Organization then."""
+        with self._lock:
+            self._pending = cfg
+
+    def _self_target(self, cfg: Config) -> Target:
+        fresh = Target(cfg, self._stats)
+        if self._self is None or self._self.settings() != fresh.settings():
+            if self._self is not None:
+                fresh.account_id = self._self.account_id
+            self._self = fresh
+        else:
+            self._self.adopt(cfg, self._self.name)
+        return self._self
+
+    def _self_id(self, cfg: Config) -> str | None:
+        target = self._self_target(cfg)
+        try:
+            return target.resolve_account_id()
+        except Exception as e:
+            log.error("cannot read the exporter's own account id", extra={
+                "error": error_code(e), "detail": str(e)[:300]})
+            return None
+
+    def _discover(self, cfg: Config, cycle: int) -> list[tuple[str, str]]:
+        org = cfg.organizations
+        if self._org is not None and cycle - self._org_cycle < org.refresh_cycles:
+            return self._org
+        from exporter.aws.organizations import discover
+
+        prev = self.discovery
+        try:
+            client = self._self_target(cfg).client("organizations")
+            found = [(a.account_id, a.name) for a in discover(client, org)]
+        except Exception as e:
+            code = error_code(e)
+            log.error("Organizations discovery failed; keeping the accounts found before",
+                      extra={"error": code, "detail": str(e)[:300],
+                             "accounts_kept": len(self._org or [])})
+            self.discovery = Discovery(False, len(self._org or []),
+                                       prev.last_success if prev else None, code)
+            self._org_cycle = cycle  # try again after refresh_cycles, not every cycle
+            return self._org or []
+        self._org, self._org_cycle = found, cycle
+        self.discovery = Discovery(True, len(found), time.time())
+        log.info("Organizations discovery done", extra={"accounts": len(found)})
+        return found
+
+    def resolve(self, cycle: int) -> list[Target]:
+        with self._lock:
+            if self._pending is not None:
+                self._cfg, self._pending, self._org = self._pending, None, None
+            cfg = self._cfg
+        want: list[Target] = []
+        static_ids = {a.account_id for a in cfg.accounts}
+        self_id: str | None = None
+        if cfg.organizations.enabled or cfg.sharding.total > 1:
+            self_id = self._self_id(cfg)
+        if cfg.collect_self:
+            want.append(self._self_target(cfg))
+        for acct in cfg.accounts:
+            want.append(self._keep(Target(cfg, self._stats, account=acct)))
+        if cfg.organizations.enabled:
+            org = cfg.organizations
+            for account_id, name in self._discover(cfg, cycle):
+                if account_id in static_ids:
+                    continue  # a listed account keeps its own settings
+                if account_id == self_id:
+                    # The management (or delegated) account itself: read it with the
+                    # exporter's own credentials; there is usually no role to assume.
+                    if cfg.include_self is False:
+                        continue
+                    target = self._self_target(cfg)
+                    target.name = target.name or name
+                    if not cfg.collect_self:
+                        want.append(target)
+                    continue
+                partition = "aws"
+                acct = AccountConfig(
+                    role_arn=f"arn:{partition}:iam::{account_id}:role/{org.role_name}",
+                    external_id=org.external_id, name=name, session_name=org.session_name)
+                want.append(self._keep(Target(cfg, self._stats, account=acct)))
+        want = self._shard(cfg, want, self_id)
+        with self._lock:
+            self._targets = {t.key: t for t in want}
+        return want
+
+    def _keep(self, fresh: Target) -> Target:
+        """The existing target for the same account and settings (its sessions are warm)."""
+        old = self._targets.get(fresh.key)
+        if old is not None and old.settings() == fresh.settings():
+            old.adopt(fresh._cfg, fresh.name)
+            old.strategy = fresh.strategy
+            return old
+        return fresh
+
+    @staticmethod
+    def _shard(cfg: Config, targets: Sequence[Target], self_id: str | None) -> list[Target]:
+        total, index = cfg.sharding.total, cfg.sharding.shard
+        if total == 1:
+            return list(targets)
+        out = []
+        for t in targets:
+            account_id = t.account_id if t.key != "self" else self_id
+            if account_id is None:
+                # Unknown until STS answers: shard 0 owns it, so it is not lost.
+                if index == 0:
+                    out.append(t)
+            elif sharding.mine(account_id, total, index):
+                out.append(t)
+        return out
+
+
+def static_targets(cfg: Config, stats: ApiStats) -> list[Target]:
+    """The targets of a config without Organizations or sharding (tests, benchmarks)."""
+    return AccountSet(cfg, stats).resolve(0)
