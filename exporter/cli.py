@@ -9,15 +9,18 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from exporter import __version__, config, logs
+from exporter import __version__, config, logs, webconfig
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from _typeshed.wsgi import WSGIApplication
 
     from exporter.aws.session import ApiStats
     from exporter.config import Config
     from exporter.inventory import Snapshot
     from exporter.metrics import Exposition
+    from exporter.webconfig import WebConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEMO_LISTEN = "127.0.0.1:9877"
@@ -88,7 +91,8 @@ def _collect_once(cfg: Config) -> int:
     return EXIT_OK if all(a.success for a in snap.accounts) else EXIT_FAILED
 
 
-def _serve(cfg: Config) -> int:
+def _serve(cfg: Config, web_config: WebConfig | None = None,
+           reload_config: Callable[[], Config] | None = None) -> int:
     from exporter import web
     from exporter.aws.accounts import AccountSet
     from exporter.aws.session import ApiStats
@@ -103,7 +107,8 @@ def _serve(cfg: Config) -> int:
         store = web.Store(_expose(Snapshot(), stats, cfg))
 
         def publish(snap: Snapshot) -> None:
-            store.set(_expose(snap, stats, cfg))
+            # poller.cfg: after a reload the interval and the metrics options may differ.
+            store.set(_expose(snap, stats, poller.cfg))
 
         poller = Poller(cfg, AccountSet(cfg, stats), publish=publish)
         pollers.append(poller)
@@ -112,17 +117,20 @@ def _serve(cfg: Config) -> int:
             "accounts": len(cfg.accounts), "strategy": cfg.collection.strategy,
             "organizations": cfg.organizations.enabled,
             "interval_s": cfg.interval_seconds})
-        return web.App(store, poller)
+        reloader = (web.Reloader(reload_config, cfg, poller.reconfigure, web_config)
+                    if reload_config is not None else None)
+        return web.App(store, poller, web_config=web_config, reloader=reloader)
 
     def on_exit() -> None:
         for p in pollers:
             p.stop(timeout=1.0)
 
     return web.serve(cfg.listen, factory, cfg.web.threads, cfg.web.shutdown_grace_seconds,
-                     logs.gunicorn_logconfig(cfg.log_format, cfg.log_level), on_exit)
+                     logs.gunicorn_logconfig(cfg.log_format, cfg.log_level), on_exit,
+                     web_config=web_config)
 
 
-def _demo(cfg: Config) -> int:
+def _demo(cfg: Config, web_config: WebConfig | None = None) -> int:
     from exporter import demo
 
     try:
@@ -143,7 +151,7 @@ def _demo(cfg: Config) -> int:
         print(f"iam-key-exporter demo: fake AWS account at {endpoint} with "
               f"{len(demo.SAMPLE_USERS)} sample users; metrics at http://{shown}:{port}/metrics",
               file=sys.stderr, flush=True)
-        return _serve(cfg)
+        return _serve(cfg, web_config)
     finally:
         server.stop()
 
@@ -155,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.listen = DEMO_LISTEN
     try:
         cfg = _load(args)
+        web_config = webconfig.load(cfg.web.config_file)
     except config.ConfigError as e:
         print(f"iam-key-exporter: invalid config: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -165,5 +174,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "once":
         return _collect_once(cfg)
     if command == "demo":
-        return _demo(cfg)
-    return _serve(cfg)
+        return _demo(cfg, web_config)
+    return _serve(cfg, web_config, reload_config=lambda: _load(args))

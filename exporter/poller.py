@@ -46,7 +46,6 @@ class Poller:
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._pending: Config | None = None
         self._thread: threading.Thread | None = None
         self._states: dict[str, AccountState] = {}
         # By target key, not account id: the id of the default credentials is only known
@@ -90,7 +89,8 @@ class Poller:
             "account_id": inv.account_id, "account_name": target.name,
             "strategy": inv.strategy, "users": len(inv.users),
             "keys_active": counts["Active"], "keys_inactive": counts["Inactive"],
-            "multi_active_users": sum(1 for u in inv.users if u.count("Active") > 1),
+            "multi_active_users": sum(1 for u in inv.users
+                                      if u.count("Active") > 1 and not u.exempt),
             "duration_s": round(duration, 3),
             **({"warnings": "; ".join(map(str, inv.warnings))} if inv.warnings else {})})
         return AccountState(
@@ -139,16 +139,14 @@ class Poller:
         return states
 
     def reconfigure(self, cfg: Config) -> None:
-        """Uses cfg from the next cycle on (which starts now); a cycle running keeps its
-        config. Listen address and web settings need a restart and are not read here."""
-        self._pending = cfg
+        """Uses cfg from now on, and starts the next cycle now (so a new interval takes
+        effect at once). Listen address and web settings need a restart; not read here."""
+        self.cfg = cfg
         if self._accounts is not None:
             self._accounts.reconfigure(cfg)
         self._wake.set()
 
     def _resolve_targets(self) -> None:
-        if self._pending is not None:
-            self.cfg, self._pending = self._pending, None
         if self._accounts is not None:
             self.targets = self._accounts.resolve(self._cycles)
         keys = {t.key for t in self.targets}

@@ -85,10 +85,11 @@ def test_scrapes_never_call_aws(iam: Any, proxy: AwsProxy,
     d = start_daemon(interval=3600)
     d.wait_ready()
     before = proxy.counts()
-    # One cycle: ListUsers page, one ListAccessKeys per user, the account summary, and the
-    # caller identity once at start.
+    # One cycle: a page of users with tags, one ListAccessKeys per user, the credential
+    # report for last-used dates, the account summary, and the caller identity once.
     assert before["ListAccessKeys"] == 5
-    assert before["ListUsers"] == 1
+    assert before["GetAccountAuthorizationDetails"] == 1
+    assert before["GetCredentialReport"] == 1
     assert before["GetAccountSummary"] == 1
     assert before["GetCallerIdentity"] == 1
     for _ in range(50):

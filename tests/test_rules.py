@@ -1,0 +1,254 @@
+"""The alert rules, their promtool unit tests, the runbooks and the Alertmanager example.
+
+promtool and amtool are the real binaries (Debian packages prometheus and
+prometheus-alertmanager). The rules' unit tests live in tests/rules/*.yaml; this module runs
+them, checks that they cover every alert both firing and not firing, and checks that they
+have teeth: each of a few plausible bugs in the rules makes them fail.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT, require_binary
+
+RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+SCRAPE_EXAMPLE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+RULE_TESTS = sorted((ROOT / "tests" / "rules").glob("*.yaml"))
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yaml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+RUNBOOK_BASE = ("https://github.com/iam-key-exporter/iam-key-exporter/blob/main/"
+                "docs/runbooks.md#")
+ALERT_NAMES = {
+    "IAMUserMultipleActiveAccessKeys", "IAMRootAccessKeyPresent", "IAMAccessKeyNotRotated",
+    "IAMAccessKeyUnused", "IAMExporterCollectionFailing", "IAMExporterDataStale",
+    "IAMExporterDown", "IAMExporterAbsent",
+}
+COMPLIANCE = {
+    "IAMUserMultipleActiveAccessKeys": "CIS AWS 1.13",
+    "IAMRootAccessKeyPresent": "CIS AWS 1.4",
+    "IAMAccessKeyNotRotated": "CIS AWS 1.14",
+    "IAMAccessKeyUnused": "CIS AWS 1.12",
+}
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def alerts() -> dict[str, dict[str, Any]]:
+    doc = yaml.safe_load(RULES.read_text())
+    return {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
+
+
+def rule_files() -> list[Path]:
+    """Every Prometheus rules file under deploy/prometheus (files with `groups:`)."""
+    files = [p for p in sorted((ROOT / "deploy" / "prometheus").glob("*.y*ml"))
+             if "groups" in (yaml.safe_load(p.read_text()) or {})]
+    assert RULES in files
+    return files
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    out = set()
+    for line in markdown.splitlines():
+        m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            text = re.sub(r"[^\w\- ]", "", m.group(1).lower())
+            out.add(text.replace(" ", "-"))
+    return out
+
+
+# --- promtool ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", rule_files(), ids=lambda p: p.name)
+def test_rules_file_passes_promtool_check(path: Path) -> None:
+    r = run(require_binary("promtool"), "check", "rules", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"SUCCESS: {len(alerts())} rules found" in r.stdout
+
+
+def test_scrape_example_is_valid_and_loads_the_rules() -> None:
+    r = run(require_binary("promtool"), "check", "config", str(SCRAPE_EXAMPLE))
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg = yaml.safe_load(SCRAPE_EXAMPLE.read_text())
+    assert [j["job_name"] for j in cfg["scrape_configs"]] == ["iam-key-exporter"]
+    assert cfg["rule_files"] == ["alerts.yaml"]
+
+
+def test_rule_unit_tests_pass() -> None:
+    assert RULE_TESTS
+    r = run(require_binary("promtool"), "test", "rules", *map(str, RULE_TESTS))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("SUCCESS") == len(RULE_TESTS), r.stdout
+
+
+def test_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for path in RULE_TESTS:
+        doc = yaml.safe_load(path.read_text())
+        assert doc["rule_files"] == ["../../deploy/prometheus/alerts.yaml"], path
+        for test in doc["tests"]:
+            for case in test.get("alert_rule_test", []):
+                (firing if case.get("exp_alerts") else silent).add(case["alertname"])
+                for exp in case.get("exp_alerts") or []:
+                    # Expectations name the labels and annotations in full.
+                    assert exp.get("exp_annotations"), (path, case)
+                    assert {"severity", "compliance"} <= set(exp["exp_labels"]), (path, case)
+    assert firing == ALERT_NAMES, ALERT_NAMES - firing
+    assert silent == ALERT_NAMES, ALERT_NAMES - silent
+
+
+# The unit tests must catch a broken rule. Each mutation is a plausible bug; the named
+# unit-test file must fail against the mutated rules.
+MUTATIONS = [
+    ("exempt users alert", '  iam_user_info{exempt="true"}', '  iam_user_info{exempt="yes"}',
+     "multiple_keys.yaml"),
+    ("inactive keys counted",
+     'max by (account_id, user_name) (iam_user_access_keys{status="Active"}) > 1',
+     "sum by (account_id, user_name) (iam_user_access_keys) > 1", "multiple_keys.yaml"),
+    ("per-account alert duplicates per-user ones", """
+                unless on (account_id)
+                  iam_user_access_keys
+""", "\n", "multiple_keys.yaml"),
+    ("grace period too short", "for: 4h", "for: 30m", "multiple_keys.yaml"),
+    ("unguarded team join", """
+                  or on (account_id, user_name)
+                    group by (account_id, user_name) (iam_user_access_keys)
+""", "\n", "multiple_keys.yaml"),
+    ("never-used keys ignored", "(iam_exporter_last_used_complete) == 1)",
+     "(iam_exporter_last_used_complete) == 2)", "key_age.yaml"),
+    ("unknown last use taken as never used", "(iam_exporter_last_used_complete) == 1)",
+     "(iam_exporter_last_used_complete) >= 0)", "key_age.yaml"),
+    ("wrong unused threshold", "> 45 * 86400", "> 50 * 86400", "key_age.yaml"),
+    ("wrong rotation threshold", "> 90 * 86400", "> 120 * 86400", "key_age.yaml"),
+    ("inactive keys age", '(iam_access_key_created_timestamp_seconds{status="Active"})\n'
+     "            > 90", "(iam_access_key_created_timestamp_seconds)\n            > 90",
+     "key_age.yaml"),
+    ("root key ignored", "(iam_root_access_keys_present) > 0", "(iam_root_access_keys_present) > 1",
+     "key_age.yaml"),
+    ("stale threshold", "3 * iam_exporter_poll_interval_seconds",
+     "30 * iam_exporter_poll_interval_seconds", "exporter_health.yaml"),
+    ("failing account missed", "(iam_exporter_collection_success == 0)",
+     "(iam_exporter_collection_success < 0)", "exporter_health.yaml"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "test_file"), [m[1:] for m in MUTATIONS],
+                         ids=[m[0] for m in MUTATIONS])
+def test_a_broken_rule_fails_the_unit_tests(tmp_path: Path, old: str, new: str,
+                                            test_file: str) -> None:
+    text = RULES.read_text()
+    assert text.count(old) == 1, f"mutation target not found once: {old!r}"
+    (tmp_path / "deploy" / "prometheus").mkdir(parents=True)
+    (tmp_path / "deploy" / "prometheus" / "alerts.yaml").write_text(text.replace(old, new))
+    (tmp_path / "tests" / "rules").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "rules" / test_file, tmp_path / "tests" / "rules")
+    promtool = require_binary("promtool")
+    check = run(promtool, "check", "rules", "deploy/prometheus/alerts.yaml", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr  # still a valid rule
+    r = run(promtool, "test", "rules", f"tests/rules/{test_file}", cwd=tmp_path)
+    assert r.returncode != 0, f"unit tests still pass with the bug:\n{r.stdout}"
+    assert "FAILED" in r.stdout + r.stderr
+
+
+def test_an_invalid_rule_fails_promtool_check(tmp_path: Path) -> None:
+    broken = tmp_path / "alerts.yaml"
+    broken.write_text(RULES.read_text().replace("== 0", "=== 0", 1))
+    r = run(require_binary("promtool"), "check", "rules", str(broken))
+    assert r.returncode != 0
+    assert "FAILED" in r.stdout + r.stderr
+
+
+# --- rule content --------------------------------------------------------------------
+
+
+def test_alert_names_are_the_contract() -> None:
+    assert set(alerts()) == ALERT_NAMES
+
+
+@pytest.mark.parametrize("name", sorted(ALERT_NAMES))
+def test_every_alert_has_severity_compliance_and_a_runbook(name: str) -> None:
+    rule = alerts()[name]
+    labels, annotations = rule["labels"], rule["annotations"]
+    assert labels["severity"] in {"critical", "warning", "info"}
+    assert labels["compliance"].startswith("CIS AWS 1.")
+    if name in COMPLIANCE:
+        assert labels["compliance"] == COMPLIANCE[name]
+    for key in ("summary", "description", "runbook_url"):
+        assert annotations.get(key, "").strip(), key
+    assert annotations["runbook_url"] == RUNBOOK_BASE + name.lower()
+    assert name.lower() in github_anchors(RUNBOOKS.read_text())
+    assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["for"]
+
+
+def test_headline_alert_is_per_user_warning_with_a_grace_period() -> None:
+    rule = alerts()["IAMUserMultipleActiveAccessKeys"]
+    assert rule["labels"]["severity"] == "warning"
+    assert rule["for"] == "4h"
+    assert 'iam_user_info{exempt="true"}' in rule["expr"]
+    assert alerts()["IAMRootAccessKeyPresent"]["labels"]["severity"] == "critical"
+
+
+def test_day_thresholds_can_be_substituted() -> None:
+    """The Helm chart substitutes `90 * 86400` / `45 * 86400`, written once per expr."""
+    rules = alerts()
+    assert rules["IAMAccessKeyNotRotated"]["expr"].count("90 * 86400") == 1
+    assert rules["IAMAccessKeyUnused"]["expr"].count("45 * 86400") == 1
+    for name, rule in rules.items():
+        days = re.findall(r"\d+\s*\*\s*86400", rule["expr"])
+        expected = {"IAMAccessKeyNotRotated": ["90 * 86400"],
+                    "IAMAccessKeyUnused": ["45 * 86400"]}.get(name, [])
+        assert days == expected, name
+
+
+def test_exporter_target_alerts_use_the_job_name() -> None:
+    rules = alerts()
+    assert rules["IAMExporterDown"]["expr"].strip() == 'up{job="iam-key-exporter"} == 0'
+    assert rules["IAMExporterAbsent"]["expr"].strip() == 'absent(up{job="iam-key-exporter"})'
+
+
+def test_runbooks_have_one_section_per_alert() -> None:
+    text = RUNBOOKS.read_text()
+    sections = re.findall(r"^## (\S+)\s*$", text, flags=re.M)
+    assert sorted(sections) == sorted(ALERT_NAMES)
+    for needle in ("aws iam list-access-keys --user-name", "aws iam get-access-key-last-used",
+                   "iam-key-exporter/exempt=true", "TagUser", "update-access-key",
+                   "delete-access-key", "SCP"):
+        assert needle in text, needle
+
+
+# --- Alertmanager --------------------------------------------------------------------
+
+
+def test_alertmanager_example_is_valid() -> None:
+    r = run(require_binary("amtool"), "check-config", str(ALERTMANAGER))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout
+
+
+@pytest.mark.parametrize(("labels", "receiver"), [
+    ("alertname=IAMUserMultipleActiveAccessKeys severity=warning team=payments",
+     "team-payments"),
+    ("alertname=IAMAccessKeyUnused severity=warning team=analytics", "team-data"),
+    ("alertname=IAMAccessKeyNotRotated severity=warning team=unknown-team", "security-team"),
+    ("alertname=IAMUserMultipleActiveAccessKeys severity=warning", "security-team"),
+    ("alertname=IAMRootAccessKeyPresent severity=critical", "security-pager"),
+    ("alertname=IAMExporterCollectionFailing severity=warning account_id=111111111111",
+     "exporter-operators"),
+])
+def test_alertmanager_routes_by_severity_and_team(labels: str, receiver: str) -> None:
+    r = run(require_binary("amtool"), "config", "routes", "test",
+            f"--config.file={ALERTMANAGER}", f"--verify.receivers={receiver}", *labels.split())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == receiver
