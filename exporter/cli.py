@@ -145,6 +145,9 @@ def _demo(cfg: Config, web_config: WebConfig | None = None) -> int:
             cfg,
             aws=dataclasses.replace(cfg.aws, endpoint_url=endpoint, region="us-east-1"),
             interval_seconds=DEMO_INTERVAL, accounts=(),
+            # The sample users carry a Team tag: show it as the team label.
+            metrics=dataclasses.replace(cfg.metrics,
+                                        user_tags=cfg.metrics.user_tags or {"Team": "team"}),
         )
         host, port = cfg.listen.rsplit(":", 1)
         shown = "127.0.0.1" if host in ("", "0.0.0.0") else host

@@ -20,7 +20,10 @@ SAMPLE_USERS: list[tuple[str, str, dict[str, str], tuple[str, ...]]] = [
     ("bob", "/", {"Team": "platform"}, ("Active", "Active")),
     ("carol", "/engineering/", {"Team": "data"}, ("Active", "Inactive")),
     ("dave", "/", {"Team": "payments"}, ()),
-    ("svc-ci-deployer", "/service/", {"Team": "platform", "Owner": "ci"}, ("Active", "Active")),
+    # Exempt: two active keys on purpose (a documented exception), so no alert.
+    ("svc-ci-deployer", "/service/",
+     {"Team": "platform", "Owner": "ci", "iam-key-exporter/exempt": "true"},
+     ("Active", "Active")),
     ("erin@example.com", "/", {}, ("Inactive",)),
     ("frank.o+ops=1,2", "/ops/", {"Team": "ops"}, ("Active",)),
 ]

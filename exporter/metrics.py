@@ -8,19 +8,22 @@ Only a few process self-metrics are rendered per scrape.
 from __future__ import annotations
 
 import gzip
+import io
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString as _go_float
 
 from exporter import __version__
 from exporter.aws.session import ApiCounts
 from exporter.config import MetricsConfig
-from exporter.inventory import STATUSES, AccessKey, Snapshot
+from exporter.inventory import AccessKey, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -48,136 +51,207 @@ class RenderInput:
     options: MetricsConfig = field(default_factory=MetricsConfig)
 
 
-class _InventoryCollector(Collector):
+# prometheus_client's own float formatting (so the output is byte for byte what it writes).
+_fmt = cast(Callable[[float], str], _go_float)
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+_SMALL = {i: _fmt(i) for i in range(16)}
+
+
+def _num(value: float) -> str:
+    if type(value) is int and 0 <= value < 16:
+        return _SMALL[value]
+    return _fmt(value)
+
+
+BATCH = 4096  # lines encoded at a time: bounds the temporary strings
+
+
+def _family(out: list[bytes], name: str, doc: str, lines: Iterable[str],
+            kind: str = "gauge") -> None:
+    """One metric family in the text format, as prometheus_client writes it (same help
+    escaping, labels sorted by name, Go float formatting)."""
+    doc = doc.replace("\\", "\\\\").replace("\n", "\\n")
+    out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n".encode())
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == BATCH:
+            out.append("".join(batch).encode())
+            batch.clear()
+    if batch:
+        out.append("".join(batch).encode())
+
+
+class _Inventory:
+    """The per-account, per-user and per-key families, written directly.
+
+    At 50,000 users these are hundreds of thousands of samples: building
+    prometheus_client's Sample objects for them would cost far more time and memory
+    than the text itself, so they are formatted here, one family at a time.
+    """
+
+    def __init__(self, data: RenderInput) -> None:
+        self.data = data
+        self.opts = data.options
+        self.cached = _cached(data.interval)
+        # (escaped account id, escaped user name, user) for every exported user.
+        self.users = [
+            (_esc(st.account_id), _esc(u.name), u)
+            for st in data.snapshot.accounts if st.inventory is not None
+            for u in st.inventory.users
+        ] if self.opts.per_user else []
+
+    def user_keys(self) -> Iterator[str]:
+        for acct, name, user in self.users:
+            active, inactive = user.count("Active"), user.count("Inactive")
+            yield (f'iam_user_access_keys{{account_id="{acct}",status="Active",'
+                   f'user_name="{name}"}} {_num(active)}\n'
+                   f'iam_user_access_keys{{account_id="{acct}",status="Inactive",'
+                   f'user_name="{name}"}} {_num(inactive)}\n')
+
+    def user_info(self) -> Iterator[str]:
+        tags = self.opts.user_tags
+        names = sorted(["account_id", "exempt", "path", "user_name", *tags.values()])
+        by_label = {label: key for key, label in tags.items()}
+        for acct, name, user in self.users:
+            values = {"account_id": acct, "user_name": name, "path": _esc(user.path),
+                      "exempt": "true" if user.exempt else "false"}
+            have = dict(user.tags)
+            for label, key in by_label.items():
+                values[label] = _esc(have.get(key, ""))
+            labels = ",".join(f'{n}="{values[n]}"' for n in names)
+            yield f"iam_user_info{{{labels}}} 1.0\n"
+
+    def key_times(self, name: str, last_used: bool) -> Iterator[str]:
+        mode = self.opts.access_key_id
+        for acct, user_name, user in self.users:
+            for i, key in enumerate(user.keys):
+                value = key.last_used if last_used else key.created
+                if value is None:
+                    continue
+                kid = _esc(key_label(key, mode, i))
+                yield (f'{name}{{access_key_id="{kid}",account_id="{acct}",'
+                       f'status="{key.status}",user_name="{user_name}"}} '
+                       f"{_fmt(value)}\n")
+
+    def write(self, out: list[bytes]) -> None:
+        cached, per_key = self.cached, self.opts.per_user and self.opts.per_key
+        _family(out, "iam_user_access_keys",
+                "Access keys of the IAM user with this status (Active or Inactive); both "
+                "statuses are always present, 0 where none." + cached, self.user_keys())
+        _family(out, "iam_user_info",
+                'IAM user; always 1. exempt is "true" for users with the exemption tag; '
+                "further labels are the configured user tags (empty where the user has no "
+                "such tag)." + cached, self.user_info())
+        _family(out, "iam_access_key_created_timestamp_seconds",
+                "Creation time of the access key (credential-report strategy: last "
+                "rotation; access_key_id is slot1/slot2 there)." + cached,
+                self.key_times("iam_access_key_created_timestamp_seconds", False)
+                if per_key else ())
+        _family(out, "iam_access_key_last_used_timestamp_seconds",
+                "Last time the access key was used, where known; absent for a key never "
+                "used." + cached,
+                self.key_times("iam_access_key_last_used_timestamp_seconds", True)
+                if per_key else ())
+        self._accounts(out)
+
+    def _accounts(self, out: list[bytes]) -> None:
+        cached = self.cached
+        rows: dict[str, list[str]] = {k: [] for k in (
+            "keys", "multi", "watched", "users", "root", "report", "info", "success",
+            "last_ok", "duration", "complete", "gaps")}
+        for st in self.data.snapshot.accounts:
+            a = _esc(st.account_id)
+            rows["info"].append(f'iam_account_info{{account_id="{a}",account_name='
+                                f'"{_esc(st.name)}"}} 1.0\n')
+            rows["success"].append(f'iam_exporter_collection_success{{account_id="{a}"}} '
+                                   f"{_num(1 if st.success else 0)}\n")
+            rows["duration"].append(f'iam_exporter_collection_duration_seconds{{account_id='
+                                    f'"{a}"}} {_fmt(st.duration)}\n')
+            if st.last_success is not None:
+                rows["last_ok"].append(
+                    f'iam_exporter_last_success_timestamp_seconds{{account_id="{a}"}} '
+                    f"{_fmt(st.last_success)}\n")
+            inv = st.inventory
+            if inv is None:
+                continue
+            active = inactive = multi = 0
+            for user in inv.users:
+                n = user.count("Active")
+                active += n
+                inactive += user.count("Inactive")
+                if n > 1 and not user.exempt:
+                    multi += 1
+            for status, n in (("Active", active), ("Inactive", inactive)):
+                rows["keys"].append(f'iam_account_access_keys{{account_id="{a}",status='
+                                    f'"{status}"}} {_fmt(n)}\n')
+            rows["multi"].append(f'iam_account_users_with_multiple_active_keys{{account_id='
+                                 f'"{a}"}} {_fmt(multi)}\n')
+            rows["watched"].append(f'iam_account_watched_users{{account_id="{a}"}} '
+                                   f"{_fmt(len(inv.users))}\n")
+            if inv.last_used_complete is not None:
+                rows["complete"].append(f'iam_exporter_last_used_complete{{account_id="{a}"}} '
+                                        f"{_num(1 if inv.last_used_complete else 0)}\n")
+            for gap in inv.warnings:
+                rows["gaps"].append(
+                    f'iam_exporter_collection_warnings{{account_id="{a}",code='
+                    f'"{_esc(gap.code)}",operation="{_esc(gap.operation)}"}} 1.0\n')
+            if inv.summary.users is not None:
+                rows["users"].append(f'iam_account_users{{account_id="{a}"}} '
+                                     f"{_fmt(inv.summary.users)}\n")
+            if inv.summary.root_access_keys_present is not None:
+                rows["root"].append(f'iam_root_access_keys_present{{account_id="{a}"}} '
+                                    f"{_fmt(inv.summary.root_access_keys_present)}\n")
+            if inv.report_generated is not None:
+                rows["report"].append(
+                    f'iam_credential_report_generated_timestamp_seconds{{account_id="{a}"}} '
+                    f"{_fmt(inv.report_generated)}\n")
+        families = [
+            ("keys", "iam_account_access_keys",
+             "Access keys of the account's watched users, by status." + cached),
+            ("multi", "iam_account_users_with_multiple_active_keys",
+             "Watched users (not exempt) holding more than one active access key." + cached),
+            ("watched", "iam_account_watched_users",
+             "IAM users collected in the account (after the user filters)." + cached),
+            ("users", "iam_account_users",
+             "IAM users in the account (GetAccountSummary)." + cached),
+            ("root", "iam_root_access_keys_present",
+             "1 if the account's root user has an access key (GetAccountSummary)." + cached),
+            ("report", "iam_credential_report_generated_timestamp_seconds",
+             "When AWS generated the credential report last used (AWS regenerates it at "
+             "most every 4 hours)." + cached),
+            ("info", "iam_account_info",
+             "Watched AWS account; always 1. account_name is the configured alias, empty "
+             "where none." + cached),
+            ("success", "iam_exporter_collection_success",
+             "1 if the last collection cycle for the account succeeded, else 0 (the last "
+             "good data is still served)."),
+            ("last_ok", "iam_exporter_last_success_timestamp_seconds",
+             "Unix time of the last successful collection for the account."),
+            ("duration", "iam_exporter_collection_duration_seconds",
+             "Wall time of the last collection cycle for the account."),
+            ("complete", "iam_exporter_last_used_complete",
+             "1 if the last use (or no use) of every key of the account is known; where 0, "
+             "a missing iam_access_key_last_used_timestamp_seconds does not mean never "
+             "used."),
+            ("gaps", "iam_exporter_collection_warnings",
+             "1 for each part the last successful cycle could not read (the rest was "
+             "collected), by operation and error code."),
+        ]
+        for key, name, doc in families:
+            _family(out, name, doc, rows[key])
+
+
+class _SelfCollector(Collector):
     def __init__(self, data: RenderInput) -> None:
         self.data = data
 
     def collect(self) -> Iterator[Metric]:
-        snap, cached = self.data.snapshot, _cached(self.data.interval)
-        keys = GaugeMetricFamily(
-            "iam_user_access_keys",
-            "Access keys of the IAM user with this status (Active or Inactive); both statuses "
-            "are always present, 0 where none." + cached,
-            labels=["account_id", "user_name", "status"])
-        created = GaugeMetricFamily(
-            "iam_access_key_created_timestamp_seconds",
-            "Creation time of the access key (credential-report strategy: last rotation; "
-            "access_key_id is slot1/slot2 there)." + cached,
-            labels=["account_id", "user_name", "access_key_id", "status"])
-        last_used = GaugeMetricFamily(
-            "iam_access_key_last_used_timestamp_seconds",
-            "Last time the access key was used, where known; absent for a key never used."
-            + cached,
-            labels=["account_id", "user_name", "access_key_id", "status"])
-        users = GaugeMetricFamily(
-            "iam_account_users", "IAM users in the account (GetAccountSummary)." + cached,
-            labels=["account_id"])
-        root = GaugeMetricFamily(
-            "iam_root_access_keys_present",
-            "1 if the account's root user has an access key (GetAccountSummary)." + cached,
-            labels=["account_id"])
-        report = GaugeMetricFamily(
-            "iam_credential_report_generated_timestamp_seconds",
-            "When AWS generated the credential report last used (AWS regenerates it at most "
-            "every 4 hours)." + cached, labels=["account_id"])
-        info = GaugeMetricFamily(
-            "iam_account_info", "Watched AWS account; always 1. account_name is the "
-            "configured alias, empty where none." + cached,
-            labels=["account_id", "account_name"])
-        success = GaugeMetricFamily(
-            "iam_exporter_collection_success",
-            "1 if the last collection cycle for the account succeeded, else 0 (the last good "
-            "data is still served).", labels=["account_id"])
-        last_ok = GaugeMetricFamily(
-            "iam_exporter_last_success_timestamp_seconds",
-            "Unix time of the last successful collection for the account.",
-            labels=["account_id"])
-        duration = GaugeMetricFamily(
-            "iam_exporter_collection_duration_seconds",
-            "Wall time of the last collection cycle for the account.", labels=["account_id"])
-
-        opts = self.data.options
-        tag_labels = list(opts.user_tags.values())
-        tag_keys = list(opts.user_tags)
-        user_info = GaugeMetricFamily(
-            "iam_user_info", "IAM user; always 1. exempt is \"true\" for users with the "
-            "exemption tag; further labels are the configured user tags (empty where the "
-            "user has no such tag)." + cached,
-            labels=["account_id", "user_name", "path", "exempt", *tag_labels])
-        acct_keys = GaugeMetricFamily(
-            "iam_account_access_keys", "Access keys of the account's watched users, by "
-            "status." + cached, labels=["account_id", "status"])
-        multi = GaugeMetricFamily(
-            "iam_account_users_with_multiple_active_keys",
-            "Watched users (not exempt) holding more than one active access key." + cached,
-            labels=["account_id"])
-        watched = GaugeMetricFamily(
-            "iam_account_watched_users",
-            "IAM users collected in the account (after the user filters)." + cached,
-            labels=["account_id"])
-        complete = GaugeMetricFamily(
-            "iam_exporter_last_used_complete",
-            "1 if the last use (or no use) of every key of the account is known; where 0, "
-            "a missing iam_access_key_last_used_timestamp_seconds does not mean never "
-            "used.", labels=["account_id"])
-        gaps = GaugeMetricFamily(
-            "iam_exporter_collection_warnings",
-            "1 for each part the last successful cycle could not read (the rest was "
-            "collected), by operation and error code.",
-            labels=["account_id", "operation", "code"])
-        mode = opts.access_key_id
-
-        for st in snap.accounts:
-            acct = st.account_id
-            info.add_metric([acct, st.name], 1)
-            success.add_metric([acct], 1 if st.success else 0)
-            duration.add_metric([acct], st.duration)
-            if st.last_success is not None:
-                last_ok.add_metric([acct], st.last_success)
-            inv = st.inventory
-            if inv is None:
-                continue
-            totals = dict.fromkeys(STATUSES, 0)
-            n_multi = 0
-            for user in inv.users:
-                active, inactive = user.count("Active"), user.count("Inactive")
-                totals["Active"] += active
-                totals["Inactive"] += inactive
-                if active > 1 and not user.exempt:
-                    n_multi += 1
-                if not opts.per_user:
-                    continue
-                keys.add_metric([acct, user.name, "Active"], active)
-                keys.add_metric([acct, user.name, "Inactive"], inactive)
-                tags = dict(user.tags)
-                user_info.add_metric(
-                    [acct, user.name, user.path, "true" if user.exempt else "false",
-                     *(tags.get(k, "") for k in tag_keys)], 1)
-                if not opts.per_key:
-                    continue
-                for i, key in enumerate(user.keys):
-                    labels = [acct, user.name, key_label(key, mode, i), key.status]
-                    if key.created is not None:
-                        created.add_metric(labels, key.created)
-                    if key.last_used is not None:
-                        last_used.add_metric(labels, key.last_used)
-            for status in STATUSES:
-                acct_keys.add_metric([acct, status], totals[status])
-            multi.add_metric([acct], n_multi)
-            watched.add_metric([acct], len(inv.users))
-            if inv.last_used_complete is not None:
-                complete.add_metric([acct], 1 if inv.last_used_complete else 0)
-            for gap in inv.warnings:
-                gaps.add_metric([acct, gap.operation, gap.code], 1)
-            if inv.summary.users is not None:
-                users.add_metric([acct], inv.summary.users)
-            if inv.summary.root_access_keys_present is not None:
-                root.add_metric([acct], inv.summary.root_access_keys_present)
-            if inv.report_generated is not None:
-                report.add_metric([acct], inv.report_generated)
-
-        yield from (keys, user_info, created, last_used, acct_keys, multi, watched, users,
-                    root, report, info, success, last_ok, duration, complete, gaps)
         yield from self._self_metrics()
 
     def _self_metrics(self) -> Iterator[Metric]:
@@ -234,25 +308,47 @@ class _InventoryCollector(Collector):
             yield from (found, ok)
 
 
-def render(data: RenderInput) -> bytes:
+def render_chunks(data: RenderInput) -> tuple[bytes, ...]:
+    """The exposition as a few hundred KB chunks (never joined: at 50,000 users the text
+    is ~30 MB, and a joined copy would double the memory of a render)."""
+    out: list[bytes] = []
+    _Inventory(data).write(out)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_InventoryCollector(data))
-    return generate_latest(registry)
+    registry.register(_SelfCollector(data))
+    out.append(generate_latest(registry))
+    return tuple(out)
+
+
+def render(data: RenderInput) -> bytes:
+    return b"".join(render_chunks(data))
+
+
+def _gzip(chunks: tuple[bytes, ...]) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz:
+        for chunk in chunks:
+            gz.write(chunk)
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)
 class Exposition:
     """Rendered bytes of one snapshot and their gzip, swapped in as one reference."""
 
-    body: bytes
+    chunks: tuple[bytes, ...]
     gzipped: bytes
     snapshot: Snapshot
+    size: int
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
 
     @classmethod
     def of(cls, data: RenderInput) -> Exposition:
-        body = render(data)
-        return cls(body=body, gzipped=gzip.compress(body, compresslevel=6, mtime=0),
-                   snapshot=data.snapshot)
+        chunks = render_chunks(data)
+        return cls(chunks=chunks, gzipped=_gzip(chunks), snapshot=data.snapshot,
+                   size=sum(len(c) for c in chunks))
 
 
 _process_registry = CollectorRegistry(auto_describe=False)
