@@ -18,6 +18,15 @@ demo: $(STAMP)
 tools:
 	bash .ci/install-tools
 
+# Copies the alert rules and the dashboard into the Helm chart (Helm cannot read outside
+# the chart); tests/test_helm.py fails when the copies differ from these sources.
+CHART_FILES := deploy/helm/iam-key-exporter/files
+.PHONY: chart
+chart:
+	mkdir -p $(CHART_FILES)
+	cp deploy/prometheus/alerts.yaml $(CHART_FILES)/alerts.yaml
+	cp deploy/grafana/iam-key-exporter.json $(CHART_FILES)/dashboard.json
+
 lint: $(STAMP)
 	$(BIN)/ruff check exporter tests bench
 	$(BIN)/mypy
