@@ -88,7 +88,9 @@ def _collect_once(cfg: Config) -> int:
     snap = poller.run_cycle()
     sys.stdout.buffer.write(_expose(snap, stats, cfg).body)
     sys.stdout.flush()
-    return EXIT_OK if all(a.success for a in snap.accounts) else EXIT_FAILED
+    ok = all(a.success for a in snap.accounts) and (
+        snap.discovery is None or snap.discovery.success)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _serve(cfg: Config, web_config: WebConfig | None = None,

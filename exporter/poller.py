@@ -8,6 +8,7 @@ the thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -30,6 +31,8 @@ log = logging.getLogger("exporter.poller")
 JITTER = 0.1
 # Seconds past an account's deadline before the cycle stops waiting for it.
 OVERRUN = 2.0
+# While a cycle waits for slow accounts, the ones done are published at most this often.
+PROGRESS_EVERY = 1.0
 
 Collect = Callable[[Target, Config, Deadline], AccountInventory]
 
@@ -97,7 +100,8 @@ class Poller:
             key=target.key, account_id=inv.account_id, name=target.name, inventory=inv,
             success=True, duration=duration, last_success=time.time())
 
-    def _collect_all(self) -> list[AccountState]:
+    def _collect_all(self, progress: Callable[[list[AccountState]], None] | None = None
+                     ) -> list[AccountState]:
         """Every account in parallel (up to the cap), none waited for past its deadline.
 
         The deadline is checked between AWS calls; a call stuck inside botocore's retries
@@ -115,8 +119,16 @@ class Poller:
                 futures[t.key] = pool.submit(self._collect_one, t, started_at)
         pending = set(futures.values())
         overdue: set[str] = set()
+        published, unpublished = 0.0, False
         while pending:
-            _, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            # Accounts done while others are still running go out now (throttled): one
+            # slow account must not hold the others' fresh data back until its deadline.
+            unpublished = unpublished or bool(done)
+            if (unpublished and pending and progress is not None
+                    and time.monotonic() - published >= PROGRESS_EVERY):
+                progress([f.result() for f in futures.values() if f.done()])
+                published, unpublished = time.monotonic(), False
             now = time.monotonic()
             for key, fut in futures.items():
                 began = started_at.get(key)
@@ -161,7 +173,7 @@ class Poller:
         """Collects every account once (never two cycles at once) and publishes."""
         with self._cycle_lock:
             self._resolve_targets()
-            states = self._collect_all()
+            states = self._collect_all(self._progress if self._publish else None)
             for st in states:
                 self._states[st.key] = st
                 if not st.success:
@@ -179,6 +191,19 @@ class Poller:
             if self._publish is not None:
                 self._publish(self.snapshot)
             return self.snapshot
+
+    def _progress(self, done: list[AccountState]) -> None:
+        """Publishes the accounts done so far in this cycle, the others as they were."""
+        fresh = {st.key: st for st in done}
+        accounts = tuple(fresh.get(t.key) or self._states[t.key] for t in self.targets
+                         if t.key in fresh or t.key in self._states)
+        self.snapshot = dataclasses.replace(
+            self.snapshot, accounts=accounts,
+            completed_at=self.snapshot.completed_at or time.time(),
+            discovery=self._accounts.discovery if self._accounts else None,
+            shard=(self.cfg.sharding.shard, self.cfg.sharding.total))
+        if self._publish is not None:
+            self._publish(self.snapshot)
 
     # -- the thread ----------------------------------------------------------------------
 

@@ -9,14 +9,20 @@ cycle; if it fails, the accounts it listed last time are kept.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
+
+import botocore.session
+from botocore.exceptions import BotoCoreError
 
 from exporter import sharding
 from exporter.aws.errors import error_code
-from exporter.aws.session import ApiStats, Target
+from exporter.aws.session import UNKNOWN_ACCOUNT, ApiStats, Target
 from exporter.config import AccountConfig, Config
 from exporter.inventory import Discovery
 
@@ -35,10 +41,13 @@ class AccountSet:
         self._self: Target | None = None
         self._org: list[tuple[str, str]] | None = None  # (account id, name)
         self._org_cycle = -1
+        # Rediscover at the next resolve() whatever the cycle (set by a config reload).
+        self._org_stale = False
         self.discovery: Discovery | None = None
 
     def reconfigure(self, cfg: Config) -> None:
-        """Takes effect at the next resolve(); rediscovers the Organization then."""
+        """Takes effect at the next resolve(); rediscovers the Organization then (if that
+        fails, the accounts found before are kept, as after any failed discovery)."""
         with self._lock:
             self._pending = cfg
 
@@ -63,8 +72,10 @@ class AccountSet:
 
     def _discover(self, cfg: Config, cycle: int) -> list[tuple[str, str]]:
         org = cfg.organizations
-        if self._org is not None and cycle - self._org_cycle < org.refresh_cycles:
+        if (self._org is not None and not self._org_stale
+                and cycle - self._org_cycle < org.refresh_cycles):
             return self._org
+        self._org_stale = False
         from exporter.aws.organizations import discover
 
         prev = self.discovery
@@ -88,12 +99,18 @@ class AccountSet:
     def resolve(self, cycle: int) -> list[Target]:
         with self._lock:
             if self._pending is not None:
-                self._cfg, self._pending, self._org = self._pending, None, None
+                # Keep the accounts found so far: they are what a failed rediscovery falls
+                # back on (dropping them would drop every member account's series).
+                self._cfg, self._pending, self._org_stale = self._pending, None, True
             cfg = self._cfg
+        if not cfg.organizations.enabled:
+            self._org, self.discovery = None, None
         want: list[Target] = []
         static_ids = {a.account_id for a in cfg.accounts}
         self_id: str | None = None
-        if cfg.organizations.enabled or cfg.sharding.total > 1:
+        # The own account id is needed to recognise the management account among the
+        # discovered ones, and to shard the own account; not otherwise (no STS call).
+        if cfg.organizations.enabled or (cfg.collect_self and cfg.sharding.total > 1):
             self_id = self._self_id(cfg)
         if cfg.collect_self:
             want.append(self._self_target(cfg))
@@ -114,7 +131,7 @@ class AccountSet:
                     if not cfg.collect_self:
                         want.append(target)
                     continue
-                partition = "aws"
+                partition = _partition(cfg.region)
                 acct = AccountConfig(
                     role_arn=f"arn:{partition}:iam::{account_id}:role/{org.role_name}",
                     external_id=org.external_id, name=name, session_name=org.session_name)
@@ -122,14 +139,19 @@ class AccountSet:
         want = self._shard(cfg, want, self_id)
         with self._lock:
             self._targets = {t.key: t for t in want}
+        # API counters of accounts no longer watched go too (Organizations churn would
+        # grow them without bound); the own account's stay, discovery is counted there.
+        own = self._self.account_id if self._self is not None else None
+        self._stats.forget({t.account_id for t in want} | {own or "", UNKNOWN_ACCOUNT})
         return want
 
     def _keep(self, fresh: Target) -> Target:
         """The existing target for the same account and settings (its sessions are warm)."""
         old = self._targets.get(fresh.key)
-        if old is not None and old.settings() == fresh.settings():
+        if old is not None and _client_settings(old) == _client_settings(fresh):
+            # Only the alias or the strategy changed (or nothing): no new session.
             old.adopt(fresh._cfg, fresh.name)
-            old.strategy = fresh.strategy
+            old.account, old.strategy = fresh.account, fresh.strategy
             return old
         return fresh
 
@@ -148,6 +170,25 @@ class AccountSet:
             elif sharding.mine(account_id, total, index):
                 out.append(t)
         return out
+
+
+def _client_settings(target: Target) -> tuple[Any, ...]:
+    """Target.settings() without what the session does not depend on: the account's
+    alias (name) and strategy. Renaming an account must not cost a new AssumeRole."""
+    acct = target.account
+    if acct is None:
+        return target.settings()
+    plain = dataclasses.replace(acct, name=None, strategy=None)
+    return tuple(plain if item is acct else item for item in target.settings())
+
+
+@functools.lru_cache(maxsize=16)
+def _partition(region: str) -> str:
+    """The ARN partition of the region (aws, aws-cn, aws-us-gov, ...); aws if unknown."""
+    try:
+        return str(botocore.session.get_session().get_partition_for_region(region))
+    except (BotoCoreError, ValueError):
+        return "aws"
 
 
 def static_targets(cfg: Config, stats: ApiStats) -> list[Target]:

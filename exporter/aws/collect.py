@@ -32,6 +32,12 @@ def _tagger(cfg: Config) -> Callable[[UserRef], User]:
     return tag
 
 
+def _raise_if_credentials(e: Exception) -> None:
+    """A failed credential refresh (AssumeRole) fails the account, it is not a gap."""
+    if getattr(e, "operation_name", None) == "AssumeRole":
+        raise e
+
+
 def _list_refs(iam: IAMClient, deadline: Deadline, gaps: list[Gap]) -> list[UserRef]:
     """Users with tags in bulk; without the permission, users without tags (a gap)."""
     try:
@@ -40,7 +46,10 @@ def _list_refs(iam: IAMClient, deadline: Deadline, gaps: list[Gap]) -> list[User
         raise
     except Exception as e:
         code = error_code(e)
-        if code not in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"):
+        # Only this operation being denied is a gap; a denied AssumeRole (the credentials
+        # refresh inside the first call) fails the account.
+        if (code not in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
+                or getattr(e, "operation_name", None) != "GetAccountAuthorizationDetails"):
             raise
         gaps.append(Gap("GetAccountAuthorizationDetails", code))
         return list_strategy.list_users(iam, deadline)
@@ -65,6 +74,7 @@ def _attach_last_used(iam: IAMClient, users: tuple[User, ...], target: Target, c
         except DeadlineExceeded:
             raise
         except Exception as e:
+            _raise_if_credentials(e)
             gaps.append(Gap("GetCredentialReport", error_code(e)))
         else:
             users, wanted = last_used.match_report(users, report.users)
@@ -75,6 +85,7 @@ def _attach_last_used(iam: IAMClient, users: tuple[User, ...], target: Target, c
     except DeadlineExceeded:
         raise
     except Exception as e:
+        _raise_if_credentials(e)
         gaps.append(Gap("GetAccessKeyLastUsed", error_code(e)))
         return users, generated, root, not wanted
     return users, generated, root, True
@@ -118,6 +129,7 @@ def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountI
     except DeadlineExceeded:
         raise
     except Exception as e:  # a gap, not a failure: the keys are what matters
+        _raise_if_credentials(e)
         gaps.append(Gap("GetAccountSummary", error_code(e)))
         summary = AccountSummary()
     if summary.root_access_keys_present is None and root_from_report is not None:

@@ -60,6 +60,14 @@ class ApiStats:
         with self._lock:
             return ApiCounts(dict(self._calls), dict(self._errors), dict(self._retries))
 
+    def forget(self, keep: set[str]) -> None:
+        """Drops the counts of every account not in keep."""
+        with self._lock:
+            counters: tuple[Counter[Any], ...] = (self._calls, self._errors, self._retries)
+            for counter in counters:
+                for key in [k for k in counter if k[0] not in keep]:
+                    del counter[key]
+
     def relabel(self, old: str, new: str) -> None:
         """Moves counts recorded before the account id was known to the real id."""
         with self._lock:
