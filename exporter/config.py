@@ -292,7 +292,7 @@ def _check_duplicates(loader: _StrictLoader, node: yaml.Node, path: str,
                     hash(key)
                 except TypeError:  # e.g. "? !!set" — the constructor reports it
                     return
-            child = _join(path, str(key))
+            child = _join(path, _key_name(key))
             line = key_node.start_mark.line + 1
             if key in first_line:
                 raise ConfigError(f"{child}: duplicate key (line {line}, first at line "
@@ -327,6 +327,12 @@ def _describe(value: Any) -> str:
         return "a list"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key_name(key: Any) -> str:
+    """A key as it goes into a message: odd ones (empty, line breaks) quoted."""
+    text = str(key)
+    return text if text and text.isprintable() else repr(key)
 
 
 def _join(path: str, key: str) -> str:
@@ -395,7 +401,7 @@ def _build(cls: type[Any], data: Any, path: str) -> Any:
     for key in data:
         if key not in fields:
             known = ", ".join(fields)
-            raise ConfigError(f"{_join(path, str(key))}: unknown key (known keys: {known})")
+            raise ConfigError(f"{_join(path, _key_name(key))}: unknown key (known keys: {known})")
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name in data:
@@ -607,7 +613,13 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: config file is not UTF-8 text") from None
-    return parse(text, env, source=path)
+    cfg = parse(text, env, source=path)
+    web_file = cfg.web.config_file
+    if web_file and not os.path.isabs(web_file):
+        # Like Prometheus' rule_files: a relative path is read next to the config file.
+        web_file = os.path.join(os.path.dirname(os.path.abspath(path)), web_file)
+        cfg = dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, config_file=web_file))
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -78,3 +78,12 @@ def gunicorn_logconfig(fmt: str, level: str) -> dict[str, Any]:
             "werkzeug": {"level": "WARNING"},  # the demo's embedded moto server
         },
     }
+
+
+def reconfigure(fmt: str, level: str) -> None:
+    """Applies a new log format and level to the running process (config reload)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setFormatter(formatter(fmt))
+    root.setLevel(level.upper())
+    logging.getLogger("gunicorn.error").setLevel(level.upper())

@@ -8,14 +8,27 @@ calls the exporter made (by action) and make AWS fail on demand. It speaks plain
 from __future__ import annotations
 
 import http.client
+import random
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+# fault → (HTTP status, AWS error code) of the error document it answers with
+ERRORS = {
+    "deny": (403, "AccessDenied"),
+    "throttle": (400, "Throttling"),
+    "http500": (500, "InternalFailure"),
+    "http503": (503, "ServiceUnavailable"),
+    "expired": (403, "ExpiredToken"),
+    "invalid_token": (403, "InvalidClientTokenId"),
+    "no_such_entity": (404, "NoSuchEntity"),
+    "limit": (409, "LimitExceeded"),
+}
 ERROR_XML = (
     '<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><Error>'
     "<Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
@@ -39,9 +52,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        action = parse_qs(body.decode("utf-8", "replace")).get("Action", ["?"])[0]
+        params = parse_qs(body.decode("utf-8", "replace"))
+        action = params.get("Action", ["?"])[0]
         proxy = self.server
-        fault = proxy.fault_for(action)
+        fault = proxy.fault_for(action, params)
         proxy.record(action, fault)
         if proxy.latency:
             time.sleep(proxy.latency)
@@ -53,9 +67,11 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(proxy.hang_seconds)
             self.close_connection = True
             return
+        if fault == "garbage":  # a 200 that is not the XML AWS sends
+            self._reply(200, b"<html>\x00\xff not xml", "text/xml")
+            return
         if fault is not None:
-            status, code = {"deny": (403, "AccessDenied"), "throttle": (400, "Throttling"),
-                            "http500": (500, "InternalFailure")}[fault]
+            status, code = ERRORS[fault]
             self._reply(status, ERROR_XML.format(code=code, message=f"injected {fault}")
                         .encode(), "text/xml")
             return
@@ -68,6 +84,8 @@ class _Handler(BaseHTTPRequestHandler):
             conn.request("POST", self.path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
+            if proxy.rewrite is not None:
+                data = proxy.rewrite(action, data)
             self._reply(resp.status, data, resp.getheader("Content-Type") or "text/xml")
         finally:
             conn.close()
@@ -96,15 +114,28 @@ class AwsProxy(ThreadingHTTPServer):
         self.fault_budget: int | None = None  # how many more faults to inject; None: no limit
         self.hang_seconds = 5.0
         self.latency = 0.0  # added to every request, like the distance to a real region
+        # Share of requests that get the fault of mode/modes (seeded: runs are repeatable).
+        self.rate = 1.0
+        self.rng = random.Random(7)
+        # Per-request decision by action and form parameters, before mode/modes; a fault
+        # name or None (then mode/modes apply).
+        self.rule: Callable[[str, dict[str, list[str]]], str | None] | None = None
+        # Rewrites the body of upstream (moto) answers, by action.
+        self.rewrite: Callable[[str, bytes], bytes] | None = None
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def fault_for(self, action: str) -> str | None:
+    def fault_for(self, action: str, params: dict[str, list[str]] | None = None
+                  ) -> str | None:
         with self.lock:
-            fault = self.modes.get(action, self.mode)
+            fault = self.rule(action, params or {}) if self.rule is not None else None
+            if fault is None:
+                fault = self.modes.get(action, self.mode)
+                if fault is not None and self.rate < 1.0 and self.rng.random() >= self.rate:
+                    fault = None
             if fault is not None and self.fault_budget is not None:
                 if self.fault_budget <= 0:
                     return None

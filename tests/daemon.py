@@ -35,9 +35,12 @@ def sample(samples: dict[Any, float], name: str, **labels: str) -> float | None:
 
 class Daemon:
     def __init__(self, cfg: dict[str, Any], args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, scheme: str = "http",
+                 request_kwargs: dict[str, Any] | None = None) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        # passed to every request of get() (e.g. verify= and auth= for TLS + basic auth)
+        self.request_kwargs = dict(request_kwargs or {})
         self.dir = tempfile.mkdtemp(prefix="iamx-")
         self.config_path = Path(self.dir) / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
@@ -50,7 +53,21 @@ class Daemon:
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def get(self, path: str, **kw: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=10, **kw)
+        return requests.get(self.url + path, timeout=10, **{**self.request_kwargs, **kw})
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of gunicorn's (single) worker, the arbiter's child."""
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return None
+        pids = [int(p) for p in kids.split()]
+        return pids[0] if pids else None
+
+    def reload(self) -> None:
+        """SIGHUP to the exporter (the arbiter passes it to the worker)."""
+        self.proc.send_signal(signal.SIGHUP)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
