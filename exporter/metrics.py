@@ -10,9 +10,10 @@ from __future__ import annotations
 import gzip
 import io
 import platform
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -71,7 +72,7 @@ def _num(value: float) -> str:
 BATCH = 4096  # lines encoded at a time: bounds the temporary strings
 
 
-def _family(out: list[bytes], name: str, doc: str, lines: Iterable[str],
+def _family(out: Any, name: str, doc: str, lines: Iterable[str],
             kind: str = "gauge") -> None:
     """One metric family in the text format, as prometheus_client writes it (same help
     escaping, labels sorted by name, Go float formatting)."""
@@ -139,7 +140,7 @@ class _Inventory:
                        f'status="{key.status}",user_name="{user_name}"}} '
                        f"{_fmt(value)}\n")
 
-    def write(self, out: list[bytes]) -> None:
+    def write(self, out: Any) -> None:
         cached, per_key = self.cached, self.opts.per_user and self.opts.per_key
         _family(out, "iam_user_access_keys",
                 "Access keys of the IAM user with this status (Active or Inactive); both "
@@ -160,7 +161,7 @@ class _Inventory:
                 if per_key else ())
         self._accounts(out)
 
-    def _accounts(self, out: list[bytes]) -> None:
+    def _accounts(self, out: Any) -> None:
         cached = self.cached
         rows: dict[str, list[str]] = {k: [] for k in (
             "keys", "multi", "watched", "users", "root", "report", "info", "success",
@@ -308,47 +309,91 @@ class _SelfCollector(Collector):
             yield from (found, ok)
 
 
-def render_chunks(data: RenderInput) -> tuple[bytes, ...]:
-    """The exposition as a few hundred KB chunks (never joined: at 50,000 users the text
-    is ~30 MB, and a joined copy would double the memory of a render)."""
-    out: list[bytes] = []
+# Above this size only the gzip of the exposition is kept (Prometheus always asks for
+# gzip); the rare plain scrape is decompressed on the fly. At 50,000 users the plain text
+# is ~30 MB, twice that while a new cycle is rendered next to the one being served.
+PLAIN_LIMIT = 8 << 20
+# Pieces a plain scrape of a gzip-only exposition is decompressed into.
+PLAIN_PIECE = 256 << 10
+
+
+class _Sink:
+    """Takes the rendered chunks: gzips them as they come, keeps them up to a limit."""
+
+    def __init__(self, keep_up_to: int) -> None:
+        self._buf = io.BytesIO()
+        self._gz = gzip.GzipFile(fileobj=self._buf, mode="wb", compresslevel=6, mtime=0)
+        self.kept: list[bytes] | None = []
+        self.size = 0
+        self._limit = keep_up_to
+
+    def append(self, chunk: bytes) -> None:
+        self._gz.write(chunk)
+        self.size += len(chunk)
+        if self.kept is not None:
+            if self.size <= self._limit:
+                self.kept.append(chunk)
+            else:
+                self.kept = None
+
+    def gzipped(self) -> bytes:
+        self._gz.close()
+        return self._buf.getvalue()
+
+
+def _render_into(data: RenderInput, out: Any) -> None:
     _Inventory(data).write(out)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SelfCollector(data))
     out.append(generate_latest(registry))
-    return tuple(out)
 
 
 def render(data: RenderInput) -> bytes:
-    return b"".join(render_chunks(data))
-
-
-def _gzip(chunks: tuple[bytes, ...]) -> bytes:
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz:
-        for chunk in chunks:
-            gz.write(chunk)
-    return buf.getvalue()
+    out: list[bytes] = []
+    _render_into(data, out)
+    return b"".join(out)
 
 
 @dataclass(frozen=True)
 class Exposition:
-    """Rendered bytes of one snapshot and their gzip, swapped in as one reference."""
+    """Rendered bytes of one snapshot and their gzip, swapped in as one reference.
 
-    chunks: tuple[bytes, ...]
+    ``chunks`` is the plain text in pieces (never joined: a joined copy would double the
+    memory of a render), or None when it was larger than PLAIN_LIMIT.
+    """
+
+    chunks: tuple[bytes, ...] | None
     gzipped: bytes
     snapshot: Snapshot
-    size: int
+    size: int  # bytes of the plain text
 
     @property
     def body(self) -> bytes:
-        return b"".join(self.chunks)
+        return b"".join(self.plain())
+
+    def plain(self) -> Iterator[bytes]:
+        """The plain text, piece by piece."""
+        if self.chunks is not None:
+            yield from self.chunks
+            return
+        inflate = zlib.decompressobj(wbits=31)  # gzip
+        data = self.gzipped
+        while data:
+            piece = inflate.decompress(data, PLAIN_PIECE)
+            data = inflate.unconsumed_tail
+            if piece:
+                yield piece
+        rest = inflate.flush()
+        if rest:
+            yield rest
 
     @classmethod
-    def of(cls, data: RenderInput) -> Exposition:
-        chunks = render_chunks(data)
-        return cls(chunks=chunks, gzipped=_gzip(chunks), snapshot=data.snapshot,
-                   size=sum(len(c) for c in chunks))
+    def of(cls, data: RenderInput, plain_limit: int = PLAIN_LIMIT) -> Exposition:
+        sink = _Sink(plain_limit)
+        _render_into(data, sink)
+        gzipped = sink.gzipped()
+        chunks = tuple(sink.kept) if sink.kept is not None else None
+        return cls(chunks=chunks, gzipped=gzipped, snapshot=data.snapshot, size=sink.size)
 
 
 _process_registry = CollectorRegistry(auto_describe=False)

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import hmac
 import html
+import itertools
 import logging
 import os
 import signal
@@ -40,7 +41,14 @@ if TYPE_CHECKING:
 
 # status, headers, body (bytes, or chunks sent one after the other: the exposition is
 # never copied into one string per scrape)
-Response = tuple[str, list[tuple[str, str]], "bytes | list[bytes]"]
+Response = tuple[str, list[tuple[str, str]], "bytes | Sized"]
+
+
+class Sized:
+    """A body sent piece by piece, whose length is known up front."""
+
+    def __init__(self, pieces: Iterable[bytes], length: int) -> None:
+        self.pieces, self.length = pieces, length
 
 log = logging.getLogger("exporter.web")
 
@@ -296,7 +304,7 @@ class App:
         path = environ.get("PATH_INFO", "/") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         handler = self.routes.get(path)
-        body: bytes | list[bytes]
+        body: bytes | Sized
         if (path not in OPEN_PATHS and self.auth.enabled
                 and not self.auth.check(environ.get("HTTP_AUTHORIZATION", ""))):
             status, headers, body = ("401 Unauthorized", [
@@ -311,10 +319,11 @@ class App:
             status, headers, body = handler(environ)
         if not any(h[0] == "Content-Type" for h in headers):
             headers.append(("Content-Type", "text/plain; charset=utf-8"))
-        chunks = [body] if isinstance(body, bytes) else body
-        headers.append(("Content-Length", str(sum(len(c) for c in chunks))))
+        if isinstance(body, bytes):
+            body = Sized([body], len(body))
+        headers.append(("Content-Length", str(body.length)))
         start_response(status, headers)
-        return [b""] if method == "HEAD" else chunks
+        return [b""] if method == "HEAD" else body.pieces
 
     def metrics(self, environ: WSGIEnvironment) -> Response:
         exp = self.store.exposition
@@ -326,9 +335,11 @@ class App:
             # Two gzip members in one stream are valid gzip (RFC 1952 §2.2); the big one
             # is compressed once per cycle, only the small per-scrape tail here.
             headers.append(("Content-Encoding", "gzip"))
-            return "200 OK", headers, [exp.gzipped,
-                                       gzip.compress(tail, compresslevel=1, mtime=0)]
-        return "200 OK", headers, [*exp.chunks, tail]
+            gz_tail = gzip.compress(tail, compresslevel=1, mtime=0)
+            return "200 OK", headers, Sized([exp.gzipped, gz_tail],
+                                            len(exp.gzipped) + len(gz_tail))
+        return "200 OK", headers, Sized(itertools.chain(exp.plain(), [tail]),
+                                        exp.size + len(tail))
 
     def healthz(self, _: WSGIEnvironment) -> Response:
         if self.poller is not None and not self.poller.alive():

@@ -522,3 +522,17 @@ def test_exposition_of_empty_snapshot() -> None:
     assert samples["iam_exporter_cycles_total"] == [({}, 0.0)]
     assert_promtool_clean(exp.body)
 
+
+
+def test_large_expositions_keep_only_the_gzip() -> None:
+    data = golden_input()
+    small = Exposition.of(data)
+    large = Exposition.of(data, plain_limit=100)  # as if past PLAIN_LIMIT
+    assert small.chunks is not None and large.chunks is None
+    assert large.gzipped == small.gzipped
+    assert large.size == small.size == len(small.body)
+    assert large.body == small.body == metrics.render(data)
+    # Served in pieces, never more than PLAIN_PIECE at a time.
+    pieces = list(Exposition.of(data, plain_limit=0).plain())
+    assert b"".join(pieces) == small.body
+    assert all(0 < len(p) <= metrics.PLAIN_PIECE for p in pieces)

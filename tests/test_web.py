@@ -132,6 +132,19 @@ def test_metrics_serves_the_stored_exposition_exactly(client: Client, store: web
     assert b"222222222222" not in body
 
 
+def test_a_gzip_only_exposition_is_served_plain_too(fixed_tail: bytes) -> None:
+    data = RenderInput(snapshot(), ApiCounts({}, {}, {}), 60.0)
+    big = Exposition.of(data, plain_limit=0)  # as if over metrics.PLAIN_LIMIT
+    assert big.chunks is None
+    client = make_client(web.Store(big), None)
+    resp = client.get("/metrics")
+    assert resp.get_data() == metrics.render(data) + fixed_tail
+    assert_length(resp)
+    resp = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert gzip.decompress(resp.get_data()) == metrics.render(data) + fixed_tail
+    assert_length(resp)
+
+
 def test_metrics_gzip_is_two_members_of_the_plain_body(client: Client, store: web.Store,
                                                        fixed_tail: bytes) -> None:
     plain = client.get("/metrics")

@@ -11,10 +11,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.session
+import botocore.utils
 from botocore.config import Config as BotoConfig
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
@@ -28,6 +30,17 @@ if TYPE_CHECKING:
     from mypy_boto3_sts import STSClient
 
 UNKNOWN_ACCOUNT = "unknown"
+
+
+def _fast_timestamp(value: str) -> datetime:
+    """IAM's timestamps ("2024-01-02T03:04:05Z", with or without fractions) without
+    dateutil, which costs a quarter of a cycle's CPU; anything else goes to botocore."""
+    try:
+        stamp = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        parsed: datetime = botocore.utils.parse_timestamp(value)
+        return parsed
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +212,8 @@ class Target:
         return boto3.Session(botocore_session=core, region_name=self._cfg.region)
 
     def _make_client(self, session: boto3.Session, service: str) -> Any:
+        session._session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_fast_timestamp)
         client = session.client(
             service,  # type: ignore[call-overload]
             endpoint_url=self._cfg.endpoint_url,
