@@ -37,7 +37,7 @@ unit: $(STAMP) tools
 test: lint unit
 
 bench: $(STAMP)
-	$(BIN)/python bench/cycle.py
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

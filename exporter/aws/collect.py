@@ -38,10 +38,11 @@ def _raise_if_credentials(e: Exception) -> None:
         raise e
 
 
-def _list_refs(iam: IAMClient, deadline: Deadline, gaps: list[Gap]) -> list[UserRef]:
+def _list_refs(iam: IAMClient, deadline: Deadline, gaps: list[Gap],
+               tag_keys: set[str] | None = None) -> list[UserRef]:
     """Users with tags in bulk; without the permission, users without tags (a gap)."""
     try:
-        return list_strategy.list_users_with_tags(iam, deadline)
+        return list_strategy.list_users_with_tags(iam, deadline, tag_keys)
     except DeadlineExceeded:
         raise
     except Exception as e:
@@ -55,30 +56,24 @@ def _list_refs(iam: IAMClient, deadline: Deadline, gaps: list[Gap]) -> list[User
         return list_strategy.list_users(iam, deadline)
 
 
-def _attach_last_used(iam: IAMClient, users: tuple[User, ...], target: Target, cfg: Config,
-                      deadline: Deadline, gaps: list[Gap]
-                      ) -> tuple[tuple[User, ...], float | None, int | None, bool]:
-    """Last-used dates for the list strategy; returns users, the report's generation
-    time and root key count (when a report was read), and whether all are known."""
-    mode = cfg.collection.last_used
-    every = [(ui, ki) for ui, u in enumerate(users) for ki in range(len(u.keys))]
-    generated: float | None = None
-    root: int | None = None
-    wanted = every
-    cache: last_used.LastUsedCache | None = None
-    if mode == "credential-report":
-        cache = target.last_used_cache
-        try:
-            report = credential_report.fetch(
-                iam, cfg.collection.credential_report.wait_seconds, deadline)
-        except DeadlineExceeded:
-            raise
-        except Exception as e:
-            _raise_if_credentials(e)
-            gaps.append(Gap("GetCredentialReport", error_code(e)))
-        else:
-            users, wanted = last_used.match_report(users, report.users)
-            generated, root = report.generated, report.root_keys
+def _report(iam: IAMClient, cfg: Config, deadline: Deadline,
+            gaps: list[Gap]) -> credential_report.Report | None:
+    """The credential report for last-used dates; a gap (not a failure) without it."""
+    try:
+        return credential_report.fetch(iam, cfg.collection.credential_report.wait_seconds,
+                                       deadline)
+    except DeadlineExceeded:
+        raise
+    except Exception as e:
+        _raise_if_credentials(e)
+        gaps.append(Gap("GetCredentialReport", error_code(e)))
+        return None
+
+
+def _fill_last_used(iam: IAMClient, users: tuple[User, ...], wanted: list[tuple[int, int]],
+                    cfg: Config, deadline: Deadline, cache: last_used.LastUsedCache | None,
+                    gaps: list[Gap]) -> tuple[tuple[User, ...], bool]:
+    """GetAccessKeyLastUsed for the wanted keys; returns users and whether all are known."""
     try:
         users, _ = last_used.fill_from_api(iam, users, wanted, cfg.collection.concurrency,
                                            deadline, cache)
@@ -87,8 +82,41 @@ def _attach_last_used(iam: IAMClient, users: tuple[User, ...], target: Target, c
     except Exception as e:
         _raise_if_credentials(e)
         gaps.append(Gap("GetAccessKeyLastUsed", error_code(e)))
-        return users, generated, root, not wanted
-    return users, generated, root, True
+        return users, not wanted
+    return users, True
+
+
+def _list_strategy(iam: IAMClient, target: Target, cfg: Config, deadline: Deadline,
+                   gaps: list[Gap]) -> tuple[tuple[User, ...], float | None, int | None,
+                                             bool | None]:
+    """Users and keys, with last-used dates matched from the credential report as the
+    keys come in; returns users, report time, root keys from the report, completeness."""
+    mode = cfg.collection.last_used
+    matcher: last_used.ReportMatcher | None = None
+    generated: float | None = None
+    root: int | None = None
+    if mode == "credential-report":
+        report = _report(iam, cfg, deadline, gaps)
+        if report is not None:
+            matcher = last_used.ReportMatcher(report.users)
+            generated, root = report.generated, report.root_keys
+            del report  # the matcher lets go of each row as it is used
+    tag_keys = {*cfg.metrics.user_tags, cfg.metrics.exempt_tag.key}
+    refs = _list_refs(iam, deadline, gaps, tag_keys)
+    filters = cfg.collection.users
+    if filters.active:
+        refs = [r for r in refs if filters.matches(r.name, r.path)]
+    users = list_strategy.collect_keys(iam, refs, cfg.collection.concurrency, deadline,
+                                       _tagger(cfg), finish=matcher)
+    del refs
+    if mode == "off":
+        return users, generated, root, None
+    missing = matcher.unmatched if matcher is not None else None
+    wanted = [(ui, ki) for ui, u in enumerate(users) for ki, k in enumerate(u.keys)
+              if missing is None or k.key_id in missing]
+    cache = target.last_used_cache if mode == "credential-report" else None
+    users, complete = _fill_last_used(iam, users, wanted, cfg, deadline, cache, gaps)
+    return users, generated, root, complete
 
 
 def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountInventory:
@@ -103,14 +131,8 @@ def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountI
     root_from_report: int | None = None
     complete: bool | None = None
     if strategy == "list":
-        refs = _list_refs(iam, deadline, gaps)
-        if filters.active:
-            refs = [r for r in refs if filters.matches(r.name, r.path)]
-        users = list_strategy.collect_keys(iam, refs, cfg.collection.concurrency, deadline,
-                                           tagger)
-        if cfg.collection.last_used != "off":
-            users, report_generated, root_from_report, complete = _attach_last_used(
-                iam, users, target, cfg, deadline, gaps)
+        users, report_generated, root_from_report, complete = _list_strategy(
+            iam, target, cfg, deadline, gaps)
     else:
         report = credential_report.fetch(iam, cfg.collection.credential_report.wait_seconds,
                                          deadline)
@@ -121,7 +143,8 @@ def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountI
             users = tuple(u for u in users if filters.matches(u.name, u.path))
         if cfg.metrics.user_tags:
             # The report has no tags: read them in bulk only when labels are asked for.
-            tagged = {r.name: tagger(r) for r in _list_refs(iam, deadline, gaps)}
+            tag_keys = {*cfg.metrics.user_tags, cfg.metrics.exempt_tag.key}
+            tagged = {r.name: tagger(r) for r in _list_refs(iam, deadline, gaps, tag_keys)}
             users = tuple(_with_tags(u, tagged.get(u.name)) for u in users)
     deadline.check()
     try:

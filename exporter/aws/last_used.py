@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -65,25 +65,50 @@ class LastUsedCache:
                 del self._data[k]
 
 
+class ReportMatcher:
+    """Matches each user's keys to the report's slots as the keys come in (from the
+    ListAccessKeys threads); the report's rows are let go as they are used."""
+
+    def __init__(self, report_users: Sequence[User]) -> None:
+        self._slots: dict[str, list[AccessKey]] = {u.name: list(u.keys) for u in report_users}
+        # Ids of the keys the report could not match (set.add is atomic in CPython).
+        self.unmatched: set[str] = set()
+
+    def match(self, name: str, keys: tuple[AccessKey, ...]
+              ) -> tuple[tuple[AccessKey, ...], list[int]]:
+        """The keys with their last-used dates, and the positions of those not matched."""
+        slots = self._slots.pop(name, [])
+        out: list[AccessKey] = []
+        missing: list[int] = []
+        for i, key in enumerate(keys):
+            slot = _take_slot(slots, key.created)
+            if slot is None:
+                missing.append(i)
+                out.append(key)
+            else:
+                out.append(replace(key, last_used=slot.last_used))
+        return tuple(out), missing
+
+    def __call__(self, name: str, keys: tuple[AccessKey, ...]) -> tuple[AccessKey, ...]:
+        matched, missing = self.match(name, keys)
+        for i in missing:
+            key_id = keys[i].key_id
+            if key_id is not None:
+                self.unmatched.add(key_id)
+        return matched
+
+
 def match_report(users: Sequence[User], report_users: Sequence[User]
                  ) -> tuple[tuple[User, ...], list[tuple[int, int]]]:
     """Users with last-used dates from the report, and the (user, key) indexes of keys
     the report could not match."""
-    by_name: Mapping[str, User] = {u.name: u for u in report_users}
+    matcher = ReportMatcher(report_users)
     out: list[User] = []
     unmatched: list[tuple[int, int]] = []
     for ui, user in enumerate(users):
-        row = by_name.get(user.name)
-        slots = list(row.keys) if row is not None else []
-        keys: list[AccessKey] = []
-        for ki, key in enumerate(user.keys):
-            slot = _take_slot(slots, key.created)
-            if slot is None:
-                unmatched.append((ui, ki))
-                keys.append(key)
-            else:
-                keys.append(replace(key, last_used=slot.last_used))
-        out.append(replace(user, keys=tuple(keys)) if row is not None else user)
+        keys, missing = matcher.match(user.name, user.keys)
+        unmatched.extend((ui, ki) for ki in missing)
+        out.append(replace(user, keys=keys) if keys != user.keys else user)
     return tuple(out), unmatched
 
 

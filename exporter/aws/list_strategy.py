@@ -7,8 +7,10 @@ One IAM call per user is the price of exact live counts.
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import types
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,19 +55,25 @@ class UserRef:
 
 def list_users(iam: IAMClient, deadline: Deadline) -> list[UserRef]:
     """All users, following Marker while IsTruncated."""
-    return [UserRef(u["UserName"], u.get("Path", "/"))
+    return [UserRef(u["UserName"], sys.intern(u.get("Path", "/")))
             for u in _pages(iam.list_users, "ListUsers", "Users", deadline.check,
                             MaxItems=PAGE_SIZE)]
 
 
-def list_users_with_tags(iam: IAMClient, deadline: Deadline) -> list[UserRef]:
-    """All users with their tags, a page at a time (ListUsers returns no tags, and one
-    ListUserTags per user would double the cost of a cycle)."""
-    return [UserRef(u["UserName"], u.get("Path", "/"),
-                    {t["Key"]: t["Value"] for t in u.get("Tags", [])})
+def list_users_with_tags(iam: IAMClient, deadline: Deadline,
+                         wanted: Collection[str] | None = None) -> list[UserRef]:
+    """All users with their tags (only the wanted ones, when given), a page at a time
+    (ListUsers returns no tags, and one ListUserTags per user would double the cost of a
+    cycle)."""
+    return [UserRef(u["UserName"], sys.intern(u.get("Path", "/")),
+                    {t["Key"]: t["Value"] for t in u.get("Tags", [])
+                     if wanted is None or t["Key"] in wanted} or _NO_TAGS)
             for u in _pages(iam.get_account_authorization_details,
                             "GetAccountAuthorizationDetails", "UserDetailList", deadline.check,
                             Filter=["User"], MaxItems=PAGE_SIZE)]
+
+
+_NO_TAGS: Mapping[str, str] = types.MappingProxyType({})
 
 
 def _key(meta: Any) -> AccessKey:
@@ -148,14 +156,21 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], concurrency: int,
     return results
 
 
+KeysHook = Callable[[str, tuple[AccessKey, ...]], tuple[AccessKey, ...]]
+
+
 def collect_keys(iam: IAMClient, refs: Sequence[UserRef], concurrency: int,
-                 deadline: Deadline, tag_of: Callable[[UserRef], User]) -> tuple[User, ...]:
-    """One ListAccessKeys per user; users deleted since they were listed are left out."""
+                 deadline: Deadline, tag_of: Callable[[UserRef], User],
+                 finish: KeysHook | None = None) -> tuple[User, ...]:
+    """One ListAccessKeys per user; users deleted since they were listed are left out.
+    ``finish`` completes each user's keys (last-used dates) as they come in."""
 
     def one(ref: UserRef) -> User | None:
         keys = list_keys(iam, ref.name)
         if keys is None:
             return None
+        if finish is not None:
+            keys = finish(ref.name, keys)
         base = tag_of(ref)
         return User(name=ref.name, path=ref.path, keys=keys, tags=base.tags,
                     exempt=base.exempt)

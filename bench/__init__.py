@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`) and the fake IAM endpoint they run against."""

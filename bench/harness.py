@@ -1,0 +1,263 @@
+"""Shared pieces of the benchmarks: AWS environment, exporter configs, the daemon, scrapes."""
+
+from __future__ import annotations
+
+import http.client
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from exporter.config import Config, ConfigError, parse  # noqa: E402
+
+# Fake credentials only, and nothing that could reach real AWS or a developer's profile.
+CREDS = {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+         "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+         "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+         "AWS_EC2_METADATA_DISABLED": "true",
+         "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+CONSOLE_SCRIPT = Path(sys.executable).parent / "iam-key-exporter"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def isolate_env() -> None:
+    for var in [v for v in os.environ if v.startswith(("AWS_", "IAM_KEY_EXPORTER_"))]:
+        del os.environ[var]
+    os.environ.update(CREDS)
+
+
+def subprocess_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "IAM_KEY_EXPORTER_"))}
+    return {**env, **CREDS, "PYTHONUNBUFFERED": "1"}
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(
+            out.get(k), dict) else v
+    return out
+
+
+def config_dict(endpoint: str, concurrency: int = 16, **extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "aws": {"endpoint_url": endpoint},
+        "interval_seconds": 86400,
+        "log_level": "warning",
+        "collection": {"concurrency": concurrency, "timeout_seconds": 600},
+    }
+    return deep_merge(base, extra)
+
+
+def try_config(data: dict[str, Any]) -> tuple[Config | None, str | None]:
+    """The parsed config, or (None, why) when this exporter does not know a key yet."""
+    try:
+        return parse(yaml.safe_dump(data), env={}), None
+    except ConfigError as e:
+        return None, str(e)
+
+
+# -- statistics and tables ----------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
+    return s[k]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(out)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+# -- the daemon ---------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+            out += [int(x) for x in text.split()]
+    except OSError:
+        pass
+    return out
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM of a process in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+class Daemon:
+    """The real console script (CLI → gunicorn → worker → poller) on a config."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="iamx-bench-"))
+        path = self.dir / "config.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        self.log = open(self.dir / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "--config", str(path), "--listen",
+             f"127.0.0.1:{self.port}"], cwd=ROOT, env=subprocess_env(),
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.conn: http.client.HTTPConnection | None = None
+        self.ready_seconds = float("nan")
+
+    def logs(self) -> str:
+        self.log.flush()
+        return (self.dir / "daemon.log").read_text(errors="replace")[-3000:]
+
+    def get(self, path: str, gzip: bool = False) -> tuple[int, bytes, dict[str, str]]:
+        """GET over one keep-alive connection (as Prometheus scrapes)."""
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            try:
+                self.conn.request("GET", path, headers={
+                    "Accept-Encoding": "gzip" if gzip else "identity"})
+                resp = self.conn.getresponse()
+                body = resp.read()
+                return resp.status, body, {k.lower(): v for k, v in resp.getheaders()}
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def wait_ready(self, timeout: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.logs()}")
+            if "collection failed" in self.logs():
+                raise RuntimeError(f"daemon's collection failed:\n{self.logs()}")
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"daemon not ready after {timeout:g}s:\n{self.logs()}")
+
+    def worker_pid(self) -> int:
+        kids = children(self.proc.pid)
+        if not kids:
+            raise RuntimeError("no gunicorn worker found")
+        return kids[0]
+
+    def stop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+
+def scrape_times(get: Any, n: int, gzip: bool, warmups: int = 2) -> tuple[list[float], int]:
+    """n timed GET /metrics (after warm-ups); (seconds each, body bytes)."""
+    size = 0
+    for _ in range(warmups):
+        get("/metrics", gzip)
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        status, body, _ = get("/metrics", gzip)
+        times.append(time.perf_counter() - t)
+        if status != 200:
+            raise RuntimeError(f"/metrics answered {status}")
+        size = len(body)
+    return times, size
+
+
+class NaiveExporter:
+    """bench/naive_exporter.py in a subprocess, serving an exposition's samples."""
+
+    def __init__(self, exposition: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.naive_exporter", "--exposition", str(exposition)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "LISTENING":
+            self.proc.kill()
+            raise RuntimeError("naive exporter did not start")
+        self.port, self.samples = int(line[1]), int(line[2])
+        self.conn: http.client.HTTPConnection | None = None
+
+    get = Daemon.get
+
+    def stop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.proc.terminate()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import platform
+
+    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg()}
