@@ -592,3 +592,63 @@ def test_fetch_invalid_content_is_not_retried(client: Any, stub: Stubber) -> Non
     assert info.value.code == "CredentialReportInvalid"
     assert sleeps == []
     stub.assert_no_pending_responses()
+
+
+# ---------------------------------------------------------------------------------------
+# The download, parsed straight from GetCredentialReport's body (botocore's before-parse)
+
+
+def _xml(content_b64: bytes) -> bytes:
+    return (b'<GetCredentialReportResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
+            b"<GetCredentialReportResult><Content>" + content_b64 + b"</Content>"
+            b"<ReportFormat>text/csv</ReportFormat>"
+            b"<GeneratedTime>2026-11-28T01:00:00Z</GeneratedTime>"
+            b"</GetCredentialReportResult></GetCredentialReportResponse>")
+
+
+def _big_csv(users: int) -> bytes:
+    rows = [",".join(HEADER)]
+    width = len(HEADER)
+    for i in range(users):
+        row = dict.fromkeys(HEADER, "N/A")
+        row.update({"user": f"user-{i:05d}", "arn": f"arn:aws:iam::1:user/team/user-{i:05d}",
+                    "access_key_1_active": "true",
+                    "access_key_1_last_rotated": "2026-01-02T03:04:05+00:00",
+                    "access_key_1_last_used_date": "2026-02-03T04:05:06+00:00",
+                    "access_key_2_active": "false"})
+        rows.append(",".join(row[h] for h in HEADER))
+        assert len(row) == width
+    return ("\ufeff" + "\n".join(rows) + "\n").encode()
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_report_is_parsed_from_the_body_a_slice_at_a_time(wrap: bool) -> None:
+    import base64
+
+    raw = _big_csv(3000)  # ~700 KB of base64: many slices
+    b64 = base64.encodebytes(raw) if wrap else base64.b64encode(raw)  # line breaks or not
+    response = {"status_code": 200, "body": _xml(b64)}
+    custom: dict[str, Any] = {}
+    credential_report._parse_in_place(response_dict=response, customized_response_dict=custom)
+    got = custom[credential_report._PARSED]
+    assert got == parse(raw)
+    assert len(got.users) == 3000 and got.users[0].path == "/team/"
+    assert b"<Content>" not in response["body"]  # botocore now parses a small document
+
+
+def test_report_body_with_bad_base64_is_invalid() -> None:
+    response = {"status_code": 200, "body": _xml(b"QUJD!!")}
+    custom: dict[str, Any] = {}
+    credential_report._parse_in_place(response_dict=response, customized_response_dict=custom)
+    err = custom[credential_report._FAILED]
+    assert isinstance(err, CredentialReportError) and err.code == "CredentialReportInvalid"
+    with pytest.raises(CredentialReportError):
+        credential_report._report_of(custom)
+
+
+def test_error_answers_are_left_to_botocore() -> None:
+    body = b"<ErrorResponse><Error><Code>ReportNotPresent</Code></Error></ErrorResponse>"
+    response = {"status_code": 410, "body": body}
+    custom: dict[str, Any] = {}
+    credential_report._parse_in_place(response_dict=response, customized_response_dict=custom)
+    assert custom == {} and response["body"] == body
