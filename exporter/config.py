@@ -66,7 +66,8 @@ class AwsConfig:
     # None: AWS_ENDPOINT_URL (and the per-service variants) or the real AWS endpoints.
     endpoint_url: str | None = None
     retry_mode: Literal["standard", "adaptive"] = "standard"
-    max_attempts: int = field(default=5, metadata=_rng(1, 20))
+    # 8: a call throttled 7 times in a row is rare even when a fifth of calls are throttled.
+    max_attempts: int = field(default=8, metadata=_rng(1, 20))
     connect_timeout_seconds: float = field(default=5.0, metadata=_rng(0.1, 120))
     read_timeout_seconds: float = field(default=20.0, metadata=_rng(0.1, 300))
 

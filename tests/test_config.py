@@ -469,7 +469,7 @@ def test_defaults() -> None:
     assert cfg.interval_seconds == 300.0
     assert (cfg.log_format, cfg.log_level) == ("text", "info")
     assert cfg.aws == config.AwsConfig(region=None, endpoint_url=None, retry_mode="standard",
-                                       max_attempts=5, connect_timeout_seconds=5.0,
+                                       max_attempts=8, connect_timeout_seconds=5.0,
                                        read_timeout_seconds=20.0)
     assert cfg.collection.strategy == "list"
     assert cfg.collection.concurrency == 8
