@@ -110,7 +110,7 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
 
         def publish(snap: Snapshot) -> None:
             # poller.cfg: after a reload the interval and the metrics options may differ.
-            store.set(_expose(snap, stats, poller.cfg))
+            store.replace(lambda: _expose(snap, stats, poller.cfg))
 
         poller = Poller(cfg, AccountSet(cfg, stats), publish=publish)
         pollers.append(poller)

@@ -432,11 +432,7 @@ def _check(cfg: Config) -> None:
         if not ROLE_ARN_RE.match(acct.role_arn):
             raise ConfigError(f"{p}.role_arn: expected arn:aws:iam::<12-digit account>:"
                               f"role/<name>, got {_describe(acct.role_arn)}")
-        if acct.external_id is not None and not EXTERNAL_ID_RE.match(acct.external_id):
-            raise ConfigError(f"{p}.external_id: expected 2-1224 characters of [\\w+=,.@:/-]")
-        if not SESSION_NAME_RE.match(acct.session_name):
-            raise ConfigError(f"{p}.session_name: expected 2-64 characters of [\\w+=,.@-], "
-                              f"got {_describe(acct.session_name)}")
+        _check_assume_role(p, acct.external_id, acct.session_name)
         if acct.account_id in seen:
             raise ConfigError(f"{p}.role_arn: account {acct.account_id} is already listed "
                               f"at accounts[{seen[acct.account_id]}]")
@@ -456,16 +452,20 @@ def _check(cfg: Config) -> None:
         raise ConfigError("web.config_file: expected a file path, got ''")
 
 
+def _check_assume_role(p: str, external_id: str | None, session_name: str) -> None:
+    if external_id is not None and not EXTERNAL_ID_RE.match(external_id):
+        raise ConfigError(f"{p}.external_id: expected 2-1224 characters of [\\w+=,.@:/-]")
+    if not SESSION_NAME_RE.match(session_name):
+        raise ConfigError(f"{p}.session_name: expected 2-64 characters of [\\w+=,.@-], "
+                          f"got {_describe(session_name)}")
+
+
 def _check_organizations(org: OrganizationsConfig) -> None:
     p = "organizations"
     if not ROLE_NAME_RE.match(org.role_name):
         raise ConfigError(f"{p}.role_name: expected an IAM role name, "
                           f"got {_describe(org.role_name)}")
-    if org.external_id is not None and not EXTERNAL_ID_RE.match(org.external_id):
-        raise ConfigError(f"{p}.external_id: expected 2-1224 characters of [\\w+=,.@:/-]")
-    if not SESSION_NAME_RE.match(org.session_name):
-        raise ConfigError(f"{p}.session_name: expected 2-64 characters of [\\w+=,.@-], "
-                          f"got {_describe(org.session_name)}")
+    _check_assume_role(p, org.external_id, org.session_name)
     for key in ("include_accounts", "exclude_accounts"):
         for i, v in enumerate(getattr(org, key)):
             if not ACCOUNT_ID_RE.match(v):
@@ -607,13 +607,7 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
     path = path or env.get(ENV_CONFIG) or None
     if path is None:
         return parse("", env)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    text = read_text(path, f"{path}: cannot read config file", f"{path}: config file")
     cfg = parse(text, env, source=path)
     web_file = cfg.web.config_file
     if web_file and not os.path.isabs(web_file):
@@ -621,6 +615,17 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
         web_file = os.path.join(os.path.dirname(os.path.abspath(path)), web_file)
         cfg = dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, config_file=web_file))
     return cfg
+
+
+def read_text(path: str, cannot: str, what: str) -> str:
+    """A UTF-8 file's text, or a ConfigError: "<cannot>: <reason>" / "<what> is not UTF-8"."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as e:
+        raise ConfigError(f"{cannot}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} is not UTF-8 text") from None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -73,6 +73,13 @@ class Store:
     def set(self, exposition: Exposition) -> None:
         self.exposition = exposition
 
+    def replace(self, render: Callable[[], Exposition]) -> None:
+        """Renders the next exposition with the current one cut down to its gzip, so
+        that two plain copies (~30 MB each at 50,000 users) never exist at once. For the
+        second or so of the render, a plain scrape is decompressed on the fly."""
+        self.exposition = self.exposition.gzip_only()
+        self.exposition = render()
+
 
 def _qvalue(params: list[str]) -> float:
     """The q weight among an Accept-Encoding entry's parameters; 0 if it is not valid."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from exporter.config import ConfigError
+from exporter.config import ConfigError, read_text
 
 TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -217,11 +217,5 @@ def load(path: str | None) -> WebConfig | None:
     """Reads and validates the web config file; None when no file is configured."""
     if path is None:
         return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise ConfigError(f"web.config_file: cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"web.config_file: {path} is not UTF-8 text") from None
+    text = read_text(path, f"web.config_file: cannot read {path}", f"web.config_file: {path}")
     return parse(text, path)

@@ -90,3 +90,22 @@ def add_user(iam: Any, name: str, statuses: tuple[str, ...] = (), path: str = "/
             iam.update_access_key(UserName=name, AccessKeyId=key, Status="Inactive")
         ids.append(key)
     return ids
+
+
+BASE_CREDS = {"aws_access_key_id": FAKE_ENV["AWS_ACCESS_KEY_ID"],
+              "aws_secret_access_key": FAKE_ENV["AWS_SECRET_ACCESS_KEY"]}
+
+
+def aws(service: str, endpoint: str, creds: dict[str, str] | None = None) -> Any:
+    """A boto3 client on the moto server, with the fake credentials or the given ones."""
+    return boto3.client(service, endpoint_url=endpoint,  # type: ignore[call-overload]
+                        region_name="us-east-1", **(creds or BASE_CREDS))
+
+
+def creds_in(endpoint: str, account_id: str, session: str = "seed") -> dict[str, str]:
+    """Credentials that moto treats as account ``account_id`` (an assumed role there)."""
+    c = aws("sts", endpoint).assume_role(
+        RoleArn=f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole",
+        RoleSessionName=session)["Credentials"]
+    return {"aws_access_key_id": c["AccessKeyId"], "aws_secret_access_key": c["SecretAccessKey"],
+            "aws_session_token": c["SessionToken"]}

@@ -30,7 +30,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 import yaml
@@ -43,11 +42,17 @@ from exporter.metrics import Exposition, RenderInput
 from exporter.poller import Poller
 from tests import awsproxy
 from tests.daemon import Daemon, parse_samples, sample
-from tests.helpers import FAKE_ENV, MOTO_ACCOUNT, ROOT, add_user, make_config, subprocess_env
+from tests.helpers import (
+    MOTO_ACCOUNT,
+    ROOT,
+    add_user,
+    aws,
+    creds_in,
+    make_config,
+    subprocess_env,
+)
 
 Samples = dict[Any, float]
-BASE_CREDS = {"aws_access_key_id": FAKE_ENV["AWS_ACCESS_KEY_ID"],
-              "aws_secret_access_key": FAKE_ENV["AWS_SECRET_ACCESS_KEY"]}
 # Series that are about the exporter, not an account.
 GLOBAL_SERIES = {"iam_exporter_cycles_total", "iam_exporter_poll_interval_seconds",
                  "iam_exporter_build_info", "iam_exporter_shard_info",
@@ -161,18 +166,6 @@ def px(endpoint: str) -> Iterator[Proxy]:
 
 # --- the moto world --------------------------------------------------------------------
 
-def aws(service: str, endpoint: str, creds: dict[str, str] | None = None) -> Any:
-    return boto3.client(service, endpoint_url=endpoint,  # type: ignore[call-overload]
-                        region_name="us-east-1", **(creds or BASE_CREDS))
-
-
-def creds_in(endpoint: str, account_id: str) -> dict[str, str]:
-    """Credentials that moto treats as account ``account_id``."""
-    c = aws("sts", endpoint).assume_role(
-        RoleArn=f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole",
-        RoleSessionName="seed")["Credentials"]
-    return {"aws_access_key_id": c["AccessKeyId"], "aws_secret_access_key": c["SecretAccessKey"],
-            "aws_session_token": c["SessionToken"]}
 
 
 Users = dict[str, tuple[str, ...]]  # user name → statuses of its keys

@@ -22,24 +22,7 @@ from botocore.stub import Stubber
 from exporter.aws.errors import CollectionError, error_code
 from exporter.aws.organizations import OrgAccount, OrganizationsError, discover
 from exporter.config import OrganizationsConfig
-from tests.helpers import FAKE_ENV, MOTO_ACCOUNT, free_port
-
-BASE_CREDS = {"aws_access_key_id": FAKE_ENV["AWS_ACCESS_KEY_ID"],
-              "aws_secret_access_key": FAKE_ENV["AWS_SECRET_ACCESS_KEY"]}
-
-
-def aws(service: str, endpoint: str, creds: dict[str, str] | None = None) -> Any:
-    return boto3.client(service, endpoint_url=endpoint,  # type: ignore[call-overload]
-                        region_name="us-east-1", **(creds or BASE_CREDS))
-
-
-def creds_in(endpoint: str, account_id: str) -> dict[str, str]:
-    """Credentials that moto treats as account ``account_id``."""
-    c = aws("sts", endpoint).assume_role(
-        RoleArn=f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole",
-        RoleSessionName="iam-key-exporter")["Credentials"]
-    return {"aws_access_key_id": c["AccessKeyId"], "aws_secret_access_key": c["SecretAccessKey"],
-            "aws_session_token": c["SessionToken"]}
+from tests.helpers import MOTO_ACCOUNT, aws, creds_in, free_port
 
 
 @pytest.fixture(scope="module")

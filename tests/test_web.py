@@ -336,3 +336,19 @@ def test_head_metrics(client: Client, store: web.Store, fixed_tail: bytes) -> No
 ])
 def test_accepts_gzip(header: str, expected: bool) -> None:
     assert web.accepts_gzip(header) is expected
+
+
+def test_a_new_exposition_is_rendered_next_to_the_gzip_of_the_old(fixed_tail: bytes) -> None:
+    data = RenderInput(snapshot(), ApiCounts({}, {}, {}), 60.0)
+    store = web.Store(Exposition.of(data))
+    client = make_client(store, None)
+    seen: list[Exposition] = []
+
+    def render() -> Exposition:
+        seen.append(store.exposition)  # what scrapes get while the new one renders
+        assert client.get("/metrics").get_data() == metrics.render(data) + fixed_tail
+        return Exposition.of(data)
+
+    store.replace(render)
+    assert seen[0].chunks is None and seen[0].gzipped  # the old one, plain copy dropped
+    assert store.exposition.chunks is not None  # the new one keeps its plain copy
