@@ -29,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from exporter.config import ConfigError, read_text
+# _describe: one wording of a bad value for every config error.
+from exporter.config import ConfigError, _describe, read_text
 
 TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -84,17 +85,6 @@ class WebConfig:
     tls: TlsConfig | None = None
     # user name → bcrypt hash; empty: no authentication
     basic_auth_users: Mapping[str, str] = field(default_factory=dict)
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _mapping(value: Any, where: str, known: tuple[str, ...] | None) -> Mapping[Any, Any]:
