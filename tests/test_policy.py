@@ -50,7 +50,8 @@ def code_operations() -> set[str]:
             continue
         text = path.read_text()
         for client, method in re.findall(r"\b(iam|sts)\.([a-z_]+)\b", text):
-            ops.add(f"{client}:{_camel(method)}")
+            if method != "meta":  # the client's events and config, not an operation
+                ops.add(f"{client}:{_camel(method)}")
         if path.name == "organizations.py":
             for method in re.findall(r"\bclient\.([a-z_]+)\(", text):
                 if method != "get_paginator":
