@@ -41,7 +41,7 @@ import boto3  # noqa: E402
 
 from bench import harness  # noqa: E402
 from bench.fakeiam import Dataset, FakeIam  # noqa: E402
-from bench.harness import config_dict, median, percentile, table, try_config  # noqa: E402
+from bench.harness import config_dict, load_config, median, percentile, table  # noqa: E402
 
 PAGE = 1000  # the exporter's MaxItems
 
@@ -91,9 +91,6 @@ class Bench:
         self.rows.append(Row(scenario, check, measured, target, status))
         return ok
 
-    def skip(self, scenario: str, check: str, why: str) -> None:
-        self.rows.append(Row(scenario, check, "-", why[:120], "SKIP"))
-
     def write(self, name: str, data: dict[str, Any]) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
@@ -111,14 +108,9 @@ class Exporter:
 
         self.cfg = cfg
         self.stats = ApiStats()
-        try:  # as the daemon builds it
-            from exporter.aws.accounts import AccountSet
+        from exporter.aws.accounts import AccountSet
 
-            self.poller = Poller(cfg, AccountSet(cfg, self.stats))
-        except ImportError:
-            from exporter.aws.session import build_targets
-
-            self.poller = Poller(cfg, build_targets(cfg, self.stats))
+        self.poller = Poller(cfg, AccountSet(cfg, self.stats))  # as the daemon builds it
 
     def cycle(self) -> tuple[Any, float]:
         t = time.perf_counter()
@@ -164,8 +156,7 @@ def scenario_collection(b: Bench) -> None:
     users, lat, conc = z.s1_users, z.s1_latency_ms, z.s1_concurrency
     truth = Dataset.generate(users).truth()
     with FakeIam(users=users, latency_ms=lat) as fake:
-        cfg, why = try_config(config_dict(fake.url, concurrency=conc))
-        assert cfg is not None, why
+        cfg = load_config(config_dict(fake.url, concurrency=conc))
         exp = Exporter(cfg)
         exp.cycle()  # warm-up: account id, clients, connections, credential report
         base = boto3.client("iam", endpoint_url=fake.url)
@@ -273,10 +264,7 @@ def scenario_requests(b: Bench) -> None:
             # one for 4 hours); the cold start is measured separately below.
             boto3.client("iam", endpoint_url=fake.url).generate_credential_report()
             for c in combos(users, z.s2_full_combos_max):
-                cfg, why = try_config(c.config(fake.url))
-                if cfg is None:
-                    b.skip(s, f"{users} users {c.label}", f"config: {why}")
-                    continue
+                cfg = load_config(c.config(fake.url))
                 exp = Exporter(cfg)
                 fake.reset()
                 calls0 = exp.iam_calls()[0]
@@ -314,10 +302,7 @@ def scenario_requests(b: Bench) -> None:
 
 def cold_requests(b: Bench, fake: FakeIam, users: int) -> None:
     """The credential-report strategy's first cycle: the report has to be generated."""
-    cfg, why = try_config(Combo("credential-report", None, False).config(fake.url))
-    if cfg is None:
-        b.skip("2 requests", "credential-report cold start", str(why))
-        return
+    cfg = load_config(Combo("credential-report", None, False).config(fake.url))
     exp = Exporter(cfg)
     fake.forget_report()
     fake.reset()
@@ -467,10 +452,6 @@ def scale_options(b: Bench, defaults: dict[str, Any] | None) -> None:
               f"{r['bytes'] / mb:.2f} MB, peak {r['worker_hwm'] / mb:.0f} MB", "-", None)
     with FakeIam(users=users, latency_ms=0) as fake:
         for label, extra in variants:
-            cfg, why = try_config(config_dict(fake.url, **extra))
-            if cfg is None:
-                b.skip("scale", f"{users} users {label}", f"config: {why}")
-                continue
             d = run_daemon(fake, extra)
             try:
                 times, size = harness.scrape_times(d.get, 50, gzip=False)
@@ -500,7 +481,7 @@ def scenario_throttling(b: Bench) -> None:
     s = "5 throttling"
     rows, results = [], []
     with FakeIam(users=users, latency_ms=z.s5_latency_ms) as fake:
-        cfg, _ = try_config(config_dict(fake.url, concurrency=z.s1_concurrency))
+        cfg = load_config(config_dict(fake.url, concurrency=z.s1_concurrency))
         exp = Exporter(cfg)
         exp.cycle()  # warm-up (account id, report)
         fake.reset()

@@ -88,6 +88,13 @@ def _family(out: Any, name: str, doc: str, lines: Iterable[str],
         out.append("".join(batch).encode())
 
 
+def gauge(name: str, doc: str, value: float) -> bytes:
+    """One label-less gauge in the text format (for what is rendered per scrape)."""
+    out: list[bytes] = []
+    _family(out, name, doc, [f"{name} {_num(value)}\n"])
+    return b"".join(out)
+
+
 class _Inventory:
     """The per-account, per-user and per-key families, written directly.
 
@@ -162,22 +169,19 @@ class _Inventory:
         self._accounts(out)
 
     def _accounts(self, out: Any) -> None:
-        cached = self.cached
-        rows: dict[str, list[str]] = {k: [] for k in (
-            "keys", "multi", "watched", "users", "root", "report", "info", "success",
-            "last_ok", "duration", "complete", "gaps")}
+        rows: dict[str, list[str]] = {name: [] for name, _, _ in _ACCOUNT_FAMILIES}
+
+        def row(name: str, value: float, extra: str = "") -> None:
+            # Further labels sort after account_id, as prometheus_client sorts them.
+            rows[name].append(f'{name}{{account_id="{a}"{extra}}} {_num(value)}\n')
+
         for st in self.data.snapshot.accounts:
             a = _esc(st.account_id)
-            rows["info"].append(f'iam_account_info{{account_id="{a}",account_name='
-                                f'"{_esc(st.name)}"}} 1.0\n')
-            rows["success"].append(f'iam_exporter_collection_success{{account_id="{a}"}} '
-                                   f"{_num(1 if st.success else 0)}\n")
-            rows["duration"].append(f'iam_exporter_collection_duration_seconds{{account_id='
-                                    f'"{a}"}} {_fmt(st.duration)}\n')
+            row("iam_account_info", 1, f',account_name="{_esc(st.name)}"')
+            row("iam_exporter_collection_success", 1 if st.success else 0)
+            row("iam_exporter_collection_duration_seconds", st.duration)
             if st.last_success is not None:
-                rows["last_ok"].append(
-                    f'iam_exporter_last_success_timestamp_seconds{{account_id="{a}"}} '
-                    f"{_fmt(st.last_success)}\n")
+                row("iam_exporter_last_success_timestamp_seconds", st.last_success)
             inv = st.inventory
             if inv is None:
                 continue
@@ -188,64 +192,56 @@ class _Inventory:
                 inactive += user.count("Inactive")
                 if n > 1 and not user.exempt:
                     multi += 1
-            for status, n in (("Active", active), ("Inactive", inactive)):
-                rows["keys"].append(f'iam_account_access_keys{{account_id="{a}",status='
-                                    f'"{status}"}} {_fmt(n)}\n')
-            rows["multi"].append(f'iam_account_users_with_multiple_active_keys{{account_id='
-                                 f'"{a}"}} {_fmt(multi)}\n')
-            rows["watched"].append(f'iam_account_watched_users{{account_id="{a}"}} '
-                                   f"{_fmt(len(inv.users))}\n")
+            row("iam_account_access_keys", active, ',status="Active"')
+            row("iam_account_access_keys", inactive, ',status="Inactive"')
+            row("iam_account_users_with_multiple_active_keys", multi)
+            row("iam_account_watched_users", len(inv.users))
             if inv.last_used_complete is not None:
-                rows["complete"].append(f'iam_exporter_last_used_complete{{account_id="{a}"}} '
-                                        f"{_num(1 if inv.last_used_complete else 0)}\n")
+                row("iam_exporter_last_used_complete", 1 if inv.last_used_complete else 0)
             for gap in inv.warnings:
-                rows["gaps"].append(
-                    f'iam_exporter_collection_warnings{{account_id="{a}",code='
-                    f'"{_esc(gap.code)}",operation="{_esc(gap.operation)}"}} 1.0\n')
+                row("iam_exporter_collection_warnings", 1,
+                    f',code="{_esc(gap.code)}",operation="{_esc(gap.operation)}"')
             if inv.summary.users is not None:
-                rows["users"].append(f'iam_account_users{{account_id="{a}"}} '
-                                     f"{_fmt(inv.summary.users)}\n")
+                row("iam_account_users", inv.summary.users)
             if inv.summary.root_access_keys_present is not None:
-                rows["root"].append(f'iam_root_access_keys_present{{account_id="{a}"}} '
-                                    f"{_fmt(inv.summary.root_access_keys_present)}\n")
+                row("iam_root_access_keys_present", inv.summary.root_access_keys_present)
             if inv.report_generated is not None:
-                rows["report"].append(
-                    f'iam_credential_report_generated_timestamp_seconds{{account_id="{a}"}} '
-                    f"{_fmt(inv.report_generated)}\n")
-        families = [
-            ("keys", "iam_account_access_keys",
-             "Access keys of the account's watched users, by status." + cached),
-            ("multi", "iam_account_users_with_multiple_active_keys",
-             "Watched users (not exempt) holding more than one active access key." + cached),
-            ("watched", "iam_account_watched_users",
-             "IAM users collected in the account (after the user filters)." + cached),
-            ("users", "iam_account_users",
-             "IAM users in the account (GetAccountSummary)." + cached),
-            ("root", "iam_root_access_keys_present",
-             "1 if the account's root user has an access key (GetAccountSummary)." + cached),
-            ("report", "iam_credential_report_generated_timestamp_seconds",
-             "When AWS generated the credential report last used (AWS regenerates it at "
-             "most every 4 hours)." + cached),
-            ("info", "iam_account_info",
-             "Watched AWS account; always 1. account_name is the configured alias, empty "
-             "where none." + cached),
-            ("success", "iam_exporter_collection_success",
-             "1 if the last collection cycle for the account succeeded, else 0 (the last "
-             "good data is still served)."),
-            ("last_ok", "iam_exporter_last_success_timestamp_seconds",
-             "Unix time of the last successful collection for the account."),
-            ("duration", "iam_exporter_collection_duration_seconds",
-             "Wall time of the last collection cycle for the account."),
-            ("complete", "iam_exporter_last_used_complete",
-             "1 if the last use (or no use) of every key of the account is known; where 0, "
-             "a missing iam_access_key_last_used_timestamp_seconds does not mean never "
-             "used."),
-            ("gaps", "iam_exporter_collection_warnings",
-             "1 for each part the last successful cycle could not read (the rest was "
-             "collected), by operation and error code."),
-        ]
-        for key, name, doc in families:
-            _family(out, name, doc, rows[key])
+                row("iam_credential_report_generated_timestamp_seconds", inv.report_generated)
+        for name, doc, cached in _ACCOUNT_FAMILIES:
+            _family(out, name, doc + (self.cached if cached else ""), rows[name])
+
+
+# The per-account families, in exposition order: (name, help, whether the data is cached
+# inventory — its help then says so — rather than the exporter's own health).
+_ACCOUNT_FAMILIES: tuple[tuple[str, str, bool], ...] = (
+    ("iam_account_access_keys", "Access keys of the account's watched users, by status.",
+     True),
+    ("iam_account_users_with_multiple_active_keys",
+     "Watched users (not exempt) holding more than one active access key.", True),
+    ("iam_account_watched_users",
+     "IAM users collected in the account (after the user filters).", True),
+    ("iam_account_users", "IAM users in the account (GetAccountSummary).", True),
+    ("iam_root_access_keys_present",
+     "1 if the account's root user has an access key (GetAccountSummary).", True),
+    ("iam_credential_report_generated_timestamp_seconds",
+     "When AWS generated the credential report last used (AWS regenerates it at most every "
+     "4 hours).", True),
+    ("iam_account_info", "Watched AWS account; always 1. account_name is the configured "
+     "alias, empty where none.", True),
+    ("iam_exporter_collection_success",
+     "1 if the last collection cycle for the account succeeded, else 0 (the last good data "
+     "is still served).", False),
+    ("iam_exporter_last_success_timestamp_seconds",
+     "Unix time of the last successful collection for the account.", False),
+    ("iam_exporter_collection_duration_seconds",
+     "Wall time of the last collection cycle for the account.", False),
+    ("iam_exporter_last_used_complete",
+     "1 if the last use (or no use) of every key of the account is known; where 0, a "
+     "missing iam_access_key_last_used_timestamp_seconds does not mean never used.", False),
+    ("iam_exporter_collection_warnings",
+     "1 for each part the last successful cycle could not read (the rest was collected), "
+     "by operation and error code.", False),
+)
 
 
 class _SelfCollector(Collector):

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -185,9 +186,7 @@ class Poller:
                 errors[(ids[key], code)] += n
             self.snapshot = Snapshot(
                 accounts=tuple(states), cycles=self._cycles, completed_at=time.time(),
-                error_counts=dict(errors),
-                discovery=self._accounts.discovery if self._accounts else None,
-                shard=(self.cfg.sharding.shard, self.cfg.sharding.total))
+                error_counts=dict(errors), **self._placement())
             if self._publish is not None:
                 self._publish(self.snapshot)
             return self.snapshot
@@ -199,11 +198,14 @@ class Poller:
                          if t.key in fresh or t.key in self._states)
         self.snapshot = dataclasses.replace(
             self.snapshot, accounts=accounts,
-            completed_at=self.snapshot.completed_at or time.time(),
-            discovery=self._accounts.discovery if self._accounts else None,
-            shard=(self.cfg.sharding.shard, self.cfg.sharding.total))
+            completed_at=self.snapshot.completed_at or time.time(), **self._placement())
         if self._publish is not None:
             self._publish(self.snapshot)
+
+    def _placement(self) -> dict[str, Any]:
+        """How the accounts were chosen: the last discovery and this replica's shard."""
+        return {"discovery": self._accounts.discovery if self._accounts else None,
+                "shard": (self.cfg.sharding.shard, self.cfg.sharding.total)}
 
     # -- the thread ----------------------------------------------------------------------
 

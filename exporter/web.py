@@ -172,11 +172,6 @@ class BasicAuth:
         return ok
 
 
-def _metric_text(name: str, help_text: str, value: float) -> bytes:
-    return (f"# HELP {name} {help_text}\n# TYPE {name} gauge\n{name} {float(value)!r}\n"
-            .encode())
-
-
 class ReloadState:
     """Outcome of the last config reload, served on every scrape.
 
@@ -196,11 +191,11 @@ class ReloadState:
         self.exposition = self._render()
 
     def _render(self) -> bytes:
-        return _metric_text(
+        return metrics.gauge(
             "iam_exporter_config_last_reload_successful",
             "1 if the last config reload (SIGHUP) succeeded, 0 if it was rejected and the "
             "previous config is still in use.", 1 if self.successful else 0,
-        ) + _metric_text(
+        ) + metrics.gauge(
             "iam_exporter_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load (start-up or SIGHUP).",
             self.success_timestamp)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -11,6 +11,7 @@ import requests
 from botocore.stub import Stubber
 
 from tests.awsproxy import AwsProxy
+from tests.daemon import Daemon
 from tests.helpers import FAKE_ENV, ISOLATED_ENV, free_port, iam_client
 
 
@@ -68,3 +69,18 @@ def client() -> Any:
 def stub(client: Any) -> Iterator[Stubber]:
     with Stubber(client) as stubber:
         yield stubber
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., Daemon]]:
+    """Starts exporter daemons (Daemon(cfg, **kw)); every one is stopped after the test."""
+    started: list[Daemon] = []
+
+    def run(cfg: dict[str, Any], **kw: Any) -> Daemon:
+        d = Daemon(cfg, **kw)
+        started.append(d)
+        return d
+
+    yield run
+    for d in started:
+        d.stop()

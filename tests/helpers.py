@@ -109,3 +109,10 @@ def creds_in(endpoint: str, account_id: str, session: str = "seed") -> dict[str,
         RoleSessionName=session)["Credentials"]
     return {"aws_access_key_id": c["AccessKeyId"], "aws_secret_access_key": c["SecretAccessKey"],
             "aws_session_token": c["SessionToken"]}
+
+
+def daemon_config(endpoint: str, interval: float = 1, **aws: Any) -> dict[str, Any]:
+    """A daemon config against a (proxied) fake AWS: one attempt, short timeouts."""
+    return {"interval_seconds": interval,
+            "aws": {"endpoint_url": endpoint, "max_attempts": 1,
+                    "connect_timeout_seconds": 1, "read_timeout_seconds": 3, **aws}}

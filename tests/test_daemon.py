@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.awsproxy import AwsProxy
 from tests.daemon import Daemon, sample
-from tests.helpers import MOTO_ACCOUNT, add_user, promtool_check_metrics
+from tests.helpers import MOTO_ACCOUNT, add_user, daemon_config, promtool_check_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -18,23 +18,11 @@ A = MOTO_ACCOUNT
 
 
 @pytest.fixture
-def start_daemon(proxy: AwsProxy) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
+def start_daemon(proxy: AwsProxy, daemons: Callable[..., Daemon]) -> Callable[..., Daemon]:
     def start(interval: float = 1, **extra: Any) -> Daemon:
-        cfg: dict[str, Any] = {
-            "interval_seconds": interval,
-            "aws": {"endpoint_url": proxy.url, "max_attempts": 1,
-                    "connect_timeout_seconds": 1, "read_timeout_seconds": 3},
-        }
-        cfg.update(extra)
-        d = Daemon(cfg)
-        started.append(d)
-        return d
+        return daemons({**daemon_config(proxy.url, interval), **extra})
 
-    yield start
-    for d in started:
-        d.stop()
+    return start
 
 
 def keys(samples: dict[Any, float], user: str, status: str) -> float | None:

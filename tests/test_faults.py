@@ -20,7 +20,7 @@ import base64
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,7 +33,7 @@ from exporter.inventory import AccountInventory, Snapshot, User
 from exporter.poller import OVERRUN, Poller
 from tests.awsproxy import AwsProxy
 from tests.daemon import Daemon, sample
-from tests.helpers import MOTO_ACCOUNT, add_user, make_config
+from tests.helpers import MOTO_ACCOUNT, add_user, daemon_config, make_config
 from tests.test_web import exposition
 
 pytestmark = pytest.mark.e2e
@@ -43,24 +43,14 @@ Samples = dict[Any, float]
 
 
 @pytest.fixture
-def start(proxy: AwsProxy) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
+def start(proxy: AwsProxy, daemons: Callable[..., Daemon]) -> Callable[..., Daemon]:
     def run(interval: float = 1, aws: dict[str, Any] | None = None, **extra: Any) -> Daemon:
-        cfg: dict[str, Any] = {
-            "interval_seconds": interval,
-            "aws": {"endpoint_url": proxy.url, "max_attempts": 1,
-                    "connect_timeout_seconds": 1, "read_timeout_seconds": 3, **(aws or {})},
-        }
+        cfg = daemon_config(proxy.url, interval, **(aws or {}))
         cfg.setdefault("collection", {"last_used": "off"})
         cfg.update(extra)
-        d = Daemon(cfg)
-        started.append(d)
-        return d
+        return daemons(cfg)
 
-    yield run
-    for d in started:
-        d.stop()
+    return run
 
 
 def keys(s: Samples, user: str, status: str = "Active") -> float | None:

@@ -440,9 +440,8 @@ def test_one_denied_role_fails_only_its_account(good_accounts: dict[str, Users],
     [line] = [ln for ln in r.stderr.splitlines() if "collection failed" in ln]
     assert BAD in line and "AccessDenied" in line, r.stderr
     print("\n[denied] " + line)
-    # Once per cycle would be right; today it is twice: collect._list_refs takes the
-    # AssumeRole AccessDenied for a GetAccountAuthorizationDetails one (a gap) and tries
-    # ListUsers (see /tmp/team/requests-multi.md).
+    # Once per cycle: a denied AssumeRole fails the account at once (it is not taken for
+    # a missing GetAccountAuthorizationDetails permission and retried with ListUsers).
     assert px.faults["AssumeRole"] == 1
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +37,8 @@ def base_config(proxy: AwsProxy, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def start() -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def run(cfg: dict[str, Any], **kw: Any) -> Daemon:
-        d = Daemon(cfg, **kw)
-        started.append(d)
-        return d
-
-    yield run
-    for d in started:
-        d.stop()
+def start(daemons: Callable[..., Daemon]) -> Callable[..., Daemon]:
+    return daemons
 
 
 def rewrite(d: Daemon, cfg: dict[str, Any] | str) -> None:

@@ -14,7 +14,7 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,14 @@ from exporter.inventory import Snapshot
 from exporter.metrics import Exposition, RenderInput
 from tests.awsproxy import AwsProxy
 from tests.daemon import CONSOLE_SCRIPT, Daemon, sample
-from tests.helpers import MOTO_ACCOUNT, ROOT, add_user, free_port, subprocess_env
+from tests.helpers import (
+    MOTO_ACCOUNT,
+    ROOT,
+    add_user,
+    daemon_config,
+    free_port,
+    subprocess_env,
+)
 
 A = MOTO_ACCOUNT
 PASSWORD = "correct horse battery staple"
@@ -75,23 +82,11 @@ def pki(tmp_path: Path) -> Pki:
 
 
 @pytest.fixture
-def start(proxy: AwsProxy) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
+def start(proxy: AwsProxy, daemons: Callable[..., Daemon]) -> Callable[..., Daemon]:
     def run(cfg: dict[str, Any] | None = None, **kw: Any) -> Daemon:
-        full: dict[str, Any] = {
-            "interval_seconds": 1,
-            "aws": {"endpoint_url": proxy.url, "max_attempts": 1,
-                    "connect_timeout_seconds": 1, "read_timeout_seconds": 3},
-        }
-        full.update(cfg or {})
-        d = Daemon(full, **kw)
-        started.append(d)
-        return d
+        return daemons({**daemon_config(proxy.url), **(cfg or {})}, **kw)
 
-    yield run
-    for d in started:
-        d.stop()
+    return run
 
 
 def tls_daemon(start: Callable[..., Daemon], pki: Pki, web_file: Path) -> Daemon:

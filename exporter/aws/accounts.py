@@ -9,20 +9,18 @@ cycle; if it fails, the accounts it listed last time are kept.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import botocore.session
 from botocore.exceptions import BotoCoreError
 
 from exporter import sharding
 from exporter.aws.errors import error_code
-from exporter.aws.session import UNKNOWN_ACCOUNT, ApiStats, Target
+from exporter.aws.session import UNKNOWN_ACCOUNT, ApiStats, Target, client_settings
 from exporter.config import AccountConfig, Config
 from exporter.inventory import Discovery
 
@@ -52,13 +50,13 @@ class AccountSet:
             self._pending = cfg
 
     def _self_target(self, cfg: Config) -> Target:
-        fresh = Target(cfg, self._stats)
-        if self._self is None or self._self.settings() != fresh.settings():
-            if self._self is not None:
-                fresh.account_id = self._self.account_id
-            self._self = fresh
-        else:
-            self._self.adopt(cfg, self._self.name)
+        old = self._self
+        if old is not None and old.settings() == client_settings(cfg, None):
+            old.adopt(cfg)
+            return old
+        self._self = Target(cfg, self._stats)
+        if old is not None:
+            self._self.account_id = old.account_id
         return self._self
 
     def _self_id(self, cfg: Config) -> str | None:
@@ -115,7 +113,7 @@ class AccountSet:
         if cfg.collect_self:
             want.append(self._self_target(cfg))
         for acct in cfg.accounts:
-            want.append(self._keep(Target(cfg, self._stats, account=acct)))
+            want.append(self._keep(cfg, acct))
         if cfg.organizations.enabled:
             org = cfg.organizations
             for account_id, name in self._discover(cfg, cycle):
@@ -135,7 +133,7 @@ class AccountSet:
                 acct = AccountConfig(
                     role_arn=f"arn:{partition}:iam::{account_id}:role/{org.role_name}",
                     external_id=org.external_id, name=name, session_name=org.session_name)
-                want.append(self._keep(Target(cfg, self._stats, account=acct)))
+                want.append(self._keep(cfg, acct))
         want = self._shard(cfg, want, self_id)
         with self._lock:
             self._targets = {t.key: t for t in want}
@@ -145,15 +143,13 @@ class AccountSet:
         self._stats.forget({t.account_id for t in want} | {own or "", UNKNOWN_ACCOUNT})
         return want
 
-    def _keep(self, fresh: Target) -> Target:
+    def _keep(self, cfg: Config, account: AccountConfig) -> Target:
         """The existing target for the same account and settings (its sessions are warm)."""
-        old = self._targets.get(fresh.key)
-        if old is not None and _client_settings(old) == _client_settings(fresh):
-            # Only the alias or the strategy changed (or nothing): no new session.
-            old.adopt(fresh._cfg, fresh.name)
-            old.account, old.strategy = fresh.account, fresh.strategy
+        old = self._targets.get(account.role_arn)
+        if old is not None and old.settings() == client_settings(cfg, account):
+            old.adopt(cfg, account)  # only the alias or the strategy changed, if anything
             return old
-        return fresh
+        return Target(cfg, self._stats, account=account)
 
     @staticmethod
     def _shard(cfg: Config, targets: Sequence[Target], self_id: str | None) -> list[Target]:
@@ -172,16 +168,6 @@ class AccountSet:
         return out
 
 
-def _client_settings(target: Target) -> tuple[Any, ...]:
-    """Target.settings() without what the session does not depend on: the account's
-    alias (name) and strategy. Renaming an account must not cost a new AssumeRole."""
-    acct = target.account
-    if acct is None:
-        return target.settings()
-    plain = dataclasses.replace(acct, name=None, strategy=None)
-    return tuple(plain if item is acct else item for item in target.settings())
-
-
 @functools.lru_cache(maxsize=16)
 def _partition(region: str) -> str:
     """The ARN partition of the region (aws, aws-cn, aws-us-gov, ...); aws if unknown."""
@@ -189,8 +175,3 @@ def _partition(region: str) -> str:
         return str(botocore.session.get_session().get_partition_for_region(region))
     except (BotoCoreError, ValueError):
         return "aws"
-
-
-def static_targets(cfg: Config, stats: ApiStats) -> list[Target]:
-    """The targets of a config without Organizations or sharding (tests, benchmarks)."""
-    return AccountSet(cfg, stats).resolve(0)

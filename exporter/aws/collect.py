@@ -4,11 +4,12 @@ account summary, and apply the user filters."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from exporter.aws import credential_report, last_used, list_strategy
 from exporter.aws.errors import Deadline, DeadlineExceeded, error_code
-from exporter.aws.list_strategy import UserRef
+from exporter.aws.list_strategy import Owner, UserRef
 from exporter.aws.session import Target
 from exporter.aws.summary import account_summary
 from exporter.config import Config
@@ -18,18 +19,17 @@ if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
 
 
-def _tagger(cfg: Config) -> Callable[[UserRef], User]:
-    """UserRef → a key-less User carrying the configured tags and the exemption."""
+def _owner_of(cfg: Config) -> Callable[[UserRef], Owner]:
+    """UserRef → its configured tags and whether the exemption tag is on it."""
     wanted = cfg.metrics.user_tags
     exempt_key, exempt_value = cfg.metrics.exempt_tag.key, cfg.metrics.exempt_tag.value
 
-    def tag(ref: UserRef) -> User:
+    def owner(ref: UserRef) -> Owner:
         tags: Mapping[str, str] = ref.tags or {}
-        return User(name=ref.name, path=ref.path,
-                    tags=tuple((k, tags[k]) for k in wanted if k in tags),
-                    exempt=tags.get(exempt_key) == exempt_value)
+        return (tuple((k, tags[k]) for k in wanted if k in tags),
+                tags.get(exempt_key) == exempt_value)
 
-    return tag
+    return owner
 
 
 def _raise_if_credentials(e: Exception) -> None:
@@ -38,9 +38,11 @@ def _raise_if_credentials(e: Exception) -> None:
         raise e
 
 
-def _list_refs(iam: IAMClient, deadline: Deadline, gaps: list[Gap],
-               tag_keys: set[str] | None = None) -> list[UserRef]:
-    """Users with tags in bulk; without the permission, users without tags (a gap)."""
+def _list_refs(iam: IAMClient, cfg: Config, deadline: Deadline,
+               gaps: list[Gap]) -> list[UserRef]:
+    """Users with the tags that matter in bulk; without the permission, users without
+    tags (a gap)."""
+    tag_keys = {*cfg.metrics.user_tags, cfg.metrics.exempt_tag.key}
     try:
         return list_strategy.list_users_with_tags(iam, deadline, tag_keys)
     except DeadlineExceeded:
@@ -75,8 +77,8 @@ def _fill_last_used(iam: IAMClient, users: tuple[User, ...], wanted: list[tuple[
                     gaps: list[Gap]) -> tuple[tuple[User, ...], bool]:
     """GetAccessKeyLastUsed for the wanted keys; returns users and whether all are known."""
     try:
-        users, _ = last_used.fill_from_api(iam, users, wanted, cfg.collection.concurrency,
-                                           deadline, cache)
+        users = last_used.fill_from_api(iam, users, wanted, cfg.collection.concurrency,
+                                        deadline, cache)
     except DeadlineExceeded:
         raise
     except Exception as e:
@@ -101,13 +103,12 @@ def _list_strategy(iam: IAMClient, target: Target, cfg: Config, deadline: Deadli
             matcher = last_used.ReportMatcher(report.users)
             generated, root = report.generated, report.root_keys
             del report  # the matcher lets go of each row as it is used
-    tag_keys = {*cfg.metrics.user_tags, cfg.metrics.exempt_tag.key}
-    refs = _list_refs(iam, deadline, gaps, tag_keys)
+    refs = _list_refs(iam, cfg, deadline, gaps)
     filters = cfg.collection.users
     if filters.active:
         refs = [r for r in refs if filters.matches(r.name, r.path)]
     users = list_strategy.collect_keys(iam, refs, cfg.collection.concurrency, deadline,
-                                       _tagger(cfg), finish=matcher)
+                                       _owner_of(cfg), finish=matcher)
     del refs
     if mode == "off":
         return users, generated, root, None
@@ -125,7 +126,6 @@ def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountI
     iam = target.iam()
     strategy = target.strategy or cfg.collection.strategy
     filters = cfg.collection.users
-    tagger = _tagger(cfg)
     gaps: list[Gap] = []
     report_generated: float | None = None
     root_from_report: int | None = None
@@ -143,9 +143,9 @@ def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountI
             users = tuple(u for u in users if filters.matches(u.name, u.path))
         if cfg.metrics.user_tags:
             # The report has no tags: read them in bulk only when labels are asked for.
-            tag_keys = {*cfg.metrics.user_tags, cfg.metrics.exempt_tag.key}
-            tagged = {r.name: tagger(r) for r in _list_refs(iam, deadline, gaps, tag_keys)}
-            users = tuple(_with_tags(u, tagged.get(u.name)) for u in users)
+            owner = _owner_of(cfg)
+            owners = {r.name: owner(r) for r in _list_refs(iam, cfg, deadline, gaps)}
+            users = tuple(_with_owner(u, owners.get(u.name)) for u in users)
     deadline.check()
     try:
         summary = account_summary(iam)
@@ -168,8 +168,5 @@ def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountI
     )
 
 
-def _with_tags(user: User, tagged: User | None) -> User:
-    if tagged is None:
-        return user
-    return User(name=user.name, path=user.path, keys=user.keys, tags=tagged.tags,
-                exempt=tagged.exempt)
+def _with_owner(user: User, owner: Owner | None) -> User:
+    return user if owner is None else replace(user, tags=owner[0], exempt=owner[1])

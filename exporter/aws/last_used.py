@@ -135,9 +135,8 @@ def fetch_last_used(iam: IAMClient, key_id: str) -> float | None:
 
 def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tuple[int, int]],
                   concurrency: int, deadline: Deadline,
-                  cache: LastUsedCache | None) -> tuple[tuple[User, ...], int]:
-    """Fills in the wanted keys from GetAccessKeyLastUsed (through the cache when given);
-    returns the users and the number of calls made."""
+                  cache: LastUsedCache | None) -> tuple[User, ...]:
+    """Fills in the wanted keys from GetAccessKeyLastUsed (through the cache when given)."""
     now = time.time()
     found: dict[tuple[int, int], float | None] = {}
     todo: list[tuple[int, int]] = []
@@ -165,11 +164,11 @@ def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tupl
     if cache is not None:
         cache.keep_only({k.key_id for u in users for k in u.keys if k.key_id})
     if not found:
-        return users, len(todo)
+        return users
     out = list(users)
     for (ui, ki), value in found.items():
         user = out[ui]
         keys = list(user.keys)
         keys[ki] = replace(keys[ki], last_used=value)
         out[ui] = replace(user, keys=tuple(keys))
-    return tuple(out), len(todo)
+    return tuple(out)

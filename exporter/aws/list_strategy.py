@@ -157,10 +157,13 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], concurrency: int,
 
 
 KeysHook = Callable[[str, tuple[AccessKey, ...]], tuple[AccessKey, ...]]
+# A user's configured tags (as (key, value) pairs) and whether it is exempt.
+Owner = tuple[tuple[tuple[str, str], ...], bool]
+NO_OWNER: Owner = ((), False)
 
 
 def collect_keys(iam: IAMClient, refs: Sequence[UserRef], concurrency: int,
-                 deadline: Deadline, tag_of: Callable[[UserRef], User],
+                 deadline: Deadline, owner_of: Callable[[UserRef], Owner] | None = None,
                  finish: KeysHook | None = None) -> tuple[User, ...]:
     """One ListAccessKeys per user; users deleted since they were listed are left out.
     ``finish`` completes each user's keys (last-used dates) as they come in."""
@@ -171,9 +174,8 @@ def collect_keys(iam: IAMClient, refs: Sequence[UserRef], concurrency: int,
             return None
         if finish is not None:
             keys = finish(ref.name, keys)
-        base = tag_of(ref)
-        return User(name=ref.name, path=ref.path, keys=keys, tags=base.tags,
-                    exempt=base.exempt)
+        tags, exempt = owner_of(ref) if owner_of is not None else NO_OWNER
+        return User(name=ref.name, path=ref.path, keys=keys, tags=tags, exempt=exempt)
 
     users = [u for u in parallel_map(one, refs, concurrency, deadline, "iam-keys")
              if u is not None]
@@ -183,5 +185,4 @@ def collect_keys(iam: IAMClient, refs: Sequence[UserRef], concurrency: int,
 
 def collect_users(iam: IAMClient, concurrency: int, deadline: Deadline) -> tuple[User, ...]:
     """ListUsers, then the keys of every user (no tags, no filters)."""
-    return collect_keys(iam, list_users(iam, deadline), concurrency, deadline,
-                        lambda ref: User(ref.name, ref.path))
+    return collect_keys(iam, list_users(iam, deadline), concurrency, deadline)

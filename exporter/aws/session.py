@@ -8,6 +8,7 @@ credentials), so no cycle pays for an AssumeRole it does not need.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -136,18 +137,25 @@ def _core_session() -> botocore.session.Session:
     return core
 
 
+def client_settings(cfg: Config, account: AccountConfig | None) -> tuple[Any, ...]:
+    """What a target's sessions and clients are built from. The account's alias and
+    strategy are not: renaming an account must not cost a new AssumeRole."""
+    if account is not None:
+        account = dataclasses.replace(account, name=None, strategy=None)
+    return (account, cfg.aws, cfg.region, cfg.endpoint_url, cfg.collection.concurrency)
+
+
 class Target:
     """One watched account and its lazily built, cached clients."""
 
     def __init__(self, cfg: Config, stats: ApiStats, account: AccountConfig | None = None,
-                 base_session: boto3.Session | None = None, name: str | None = None,
-                 account_id: str | None = None) -> None:
+                 base_session: boto3.Session | None = None) -> None:
         self._cfg = cfg
         self._stats = stats
         self.account = account
         self.key = account.role_arn if account else "self"
-        self.name = name if name is not None else ((account.name or "") if account else "")
-        self.account_id = account.account_id if account else (account_id or UNKNOWN_ACCOUNT)
+        self.name = (account.name or "") if account else ""
+        self.account_id = account.account_id if account else UNKNOWN_ACCOUNT
         self.strategy = account.strategy if account else None
         self.last_used_cache = LastUsedCache()
         self._base = base_session
@@ -156,14 +164,14 @@ class Target:
         self._clients: dict[str, Any] = {}
 
     def settings(self) -> tuple[Any, ...]:
-        """What the clients are built from."""
-        c = self._cfg
-        return (self.key, self.account, c.aws, c.region, c.endpoint_url,
-                c.collection.concurrency)
+        return client_settings(self._cfg, self.account)
 
-    def adopt(self, cfg: Config, name: str) -> None:
-        """Takes a new config whose client settings are the same as the current one's."""
-        self._cfg, self.name = cfg, name
+    def adopt(self, cfg: Config, account: AccountConfig | None = None) -> None:
+        """Takes a new config (and account entry) with the same client settings: the
+        sessions and caches are kept."""
+        self._cfg = cfg
+        if account is not None:
+            self.account, self.name, self.strategy = account, account.name or "", account.strategy
 
     def _boto_config(self) -> BotoConfig:
         aws = self._cfg.aws
@@ -242,9 +250,3 @@ class Target:
             self.account_id = sts.get_caller_identity()["Account"]
             self._stats.relabel(UNKNOWN_ACCOUNT, self.account_id)
         return self.account_id
-
-
-def build_targets(cfg: Config, stats: ApiStats) -> list[Target]:
-    if not cfg.accounts:
-        return [Target(cfg, stats)]
-    return [Target(cfg, stats, account=a) for a in cfg.accounts]
