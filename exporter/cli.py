@@ -95,7 +95,7 @@ def _collect_once(cfg: Config) -> int:
 
 def _serve(cfg: Config, web_config: WebConfig | None = None,
            reload_config: Callable[[], Config] | None = None) -> int:
-    from exporter import web
+    from exporter import malloc, web
     from exporter.aws.accounts import AccountSet
     from exporter.aws.session import ApiStats
     from exporter.inventory import Snapshot
@@ -105,6 +105,7 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
 
     def factory() -> WSGIApplication:
         # Runs in gunicorn's worker, after fork.
+        malloc.tune()
         stats = ApiStats()
         store = web.Store(_expose(Snapshot(), stats, cfg))
 
@@ -112,7 +113,8 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
             # poller.cfg: after a reload the interval and the metrics options may differ.
             store.replace(lambda: _expose(snap, stats, poller.cfg))
 
-        poller = Poller(cfg, AccountSet(cfg, stats), publish=publish)
+        poller = Poller(cfg, AccountSet(cfg, stats), publish=publish,
+                        starting=store.shrink, finished=malloc.trim)
         pollers.append(poller)
         poller.start()
         log.info("poller started", extra={

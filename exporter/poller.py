@@ -41,8 +41,13 @@ Collect = Callable[[Target, Config, Deadline], AccountInventory]
 class Poller:
     def __init__(self, cfg: Config, targets: Sequence[Target] | AccountSet,
                  publish: Callable[[Snapshot], None] | None = None,
-                 collect: Collect = collect_account) -> None:
+                 collect: Collect = collect_account,
+                 starting: Callable[[], None] | None = None,
+                 finished: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
+        # Called as each cycle starts and after it is published (memory housekeeping).
+        self._starting = starting
+        self._finished = finished
         self._accounts = targets if isinstance(targets, AccountSet) else None
         self.targets = [] if isinstance(targets, AccountSet) else list(targets)
         self._publish = publish
@@ -173,6 +178,8 @@ class Poller:
     def run_cycle(self) -> Snapshot:
         """Collects every account once (never two cycles at once) and publishes."""
         with self._cycle_lock:
+            if self._starting is not None:
+                self._starting()
             self._resolve_targets()
             states = self._collect_all(self._progress if self._publish else None)
             for st in states:
@@ -189,6 +196,8 @@ class Poller:
                 error_counts=dict(errors), **self._placement())
             if self._publish is not None:
                 self._publish(self.snapshot)
+            if self._finished is not None:
+                self._finished()
             return self.snapshot
 
     def _progress(self, done: list[AccountState]) -> None:

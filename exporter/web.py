@@ -64,6 +64,10 @@ SEND_TIMEOUT = 30.0
 IDLE_HANDOFF = 0.05
 
 
+# Plain expositions larger than this are kept only as gzip while a cycle collects.
+SHRINK_ABOVE = 8 << 20
+
+
 class Store:
     """Holds the current exposition; replaced as one reference, read without locks."""
 
@@ -72,6 +76,14 @@ class Store:
 
     def set(self, exposition: Exposition) -> None:
         self.exposition = exposition
+
+    def shrink(self) -> None:
+        """Cuts a large exposition down to its gzip while the next cycle collects: its
+        plain copy (30 MB at 50,000 users) would otherwise sit beside the cycle's peak.
+        Meanwhile a plain scrape is decompressed on the fly (gzip ones, Prometheus's
+        default, are not affected)."""
+        if self.exposition.size > SHRINK_ABOVE:
+            self.exposition = self.exposition.gzip_only()
 
     def replace(self, render: Callable[[], Exposition]) -> None:
         """Renders the next exposition with the current one cut down to its gzip, so

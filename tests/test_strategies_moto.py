@@ -12,6 +12,7 @@ import math
 import string
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -195,15 +196,16 @@ def test_user_deleted_between_list_users_and_list_access_keys(
     stats = ApiStats()
     target = Target(cfg, stats)
 
-    def delete_first(params: dict[str, Any], **_: Any) -> None:
-        if params.get("UserName") == victim and not deleted:
+    def delete_first(request: Any, **_: Any) -> None:
+        body = request.body.decode() if isinstance(request.body, bytes) else request.body
+        if parse_qs(body).get("UserName") == [victim] and not deleted:
             for meta in iam.list_access_keys(UserName=victim)["AccessKeyMetadata"]:
                 iam.delete_access_key(UserName=victim, AccessKeyId=meta["AccessKeyId"])
             iam.delete_user(UserName=victim)
             deleted.append(victim)
 
-    target.iam().meta.events.register("before-parameter-build.iam.ListAccessKeys",
-                                      delete_first)
+    # before-send: the fast path (exporter.aws.query) emits it as botocore does.
+    target.iam().meta.events.register("before-send.iam.ListAccessKeys", delete_first)
     inv = collect_account(target, cfg, Deadline(60))
 
     assert deleted == [victim]

@@ -352,3 +352,21 @@ def test_a_new_exposition_is_rendered_next_to_the_gzip_of_the_old(fixed_tail: by
     store.replace(render)
     assert seen[0].chunks is None and seen[0].gzipped  # the old one, plain copy dropped
     assert store.exposition.chunks is not None  # the new one keeps its plain copy
+
+
+def test_shrink_keeps_only_the_gzip_of_a_large_exposition(
+        fixed_tail: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a cycle collects, a large exposition is served from its gzip alone; a
+    small one keeps its plain copy. Both still serve the same bytes."""
+    data = RenderInput(snapshot(), ApiCounts({}, {}, {}), 60.0)
+    small = web.Store(Exposition.of(data))
+    small.shrink()
+    assert small.exposition.chunks is not None
+    monkeypatch.setattr(web, "SHRINK_ABOVE", 0)
+    large = web.Store(Exposition.of(data))
+    large.shrink()
+    assert large.exposition.chunks is None
+    client = make_client(large, None)
+    assert client.get("/metrics").get_data() == metrics.render(data) + fixed_tail
+    resp = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert gzip.decompress(resp.get_data()) == metrics.render(data) + fixed_tail

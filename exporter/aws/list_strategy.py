@@ -12,7 +12,7 @@ import threading
 import types
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from exporter.aws.errors import CollectionError, Deadline, DeadlineExceeded, client_error_code
 from exporter.inventory import AccessKey, User
@@ -20,7 +20,12 @@ from exporter.inventory import AccessKey, User
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
 
+    from exporter.aws.query import QueryClient
+
 PAGE_SIZE = 1000
+
+# What reads users and keys: a botocore IAM client, or the fast path in front of one.
+IamLists = Union["IAMClient", "QueryClient"]
 
 
 def _pages(call: Callable[..., Any], operation: str, items: str,
@@ -53,14 +58,14 @@ class UserRef:
     tags: Mapping[str, str] | None = None
 
 
-def list_users(iam: IAMClient, deadline: Deadline) -> list[UserRef]:
+def list_users(iam: IamLists, deadline: Deadline) -> list[UserRef]:
     """All users, following Marker while IsTruncated."""
     return [UserRef(u["UserName"], sys.intern(u.get("Path", "/")))
             for u in _pages(iam.list_users, "ListUsers", "Users", deadline.check,
                             MaxItems=PAGE_SIZE)]
 
 
-def list_users_with_tags(iam: IAMClient, deadline: Deadline,
+def list_users_with_tags(iam: IamLists, deadline: Deadline,
                          wanted: Collection[str] | None = None) -> list[UserRef]:
     """All users with their tags (only the wanted ones, when given), a page at a time
     (ListUsers returns no tags, and one ListUserTags per user would double the cost of a
@@ -85,7 +90,7 @@ def _key(meta: Any) -> AccessKey:
                      created=created.timestamp() if created is not None else None)
 
 
-def list_keys(iam: IAMClient, user_name: str) -> tuple[AccessKey, ...] | None:
+def list_keys(iam: IamLists, user_name: str) -> tuple[AccessKey, ...] | None:
     """The user's keys, or None when the user was deleted since ListUsers."""
     try:
         # UserName always: role credentials require it.
@@ -162,7 +167,7 @@ Owner = tuple[tuple[tuple[str, str], ...], bool]
 NO_OWNER: Owner = ((), False)
 
 
-def collect_keys(iam: IAMClient, refs: Sequence[UserRef], concurrency: int,
+def collect_keys(iam: IamLists, refs: Sequence[UserRef], concurrency: int,
                  deadline: Deadline, owner_of: Callable[[UserRef], Owner] | None = None,
                  finish: KeysHook | None = None) -> tuple[User, ...]:
     """One ListAccessKeys per user; users deleted since they were listed are left out.
@@ -183,6 +188,6 @@ def collect_keys(iam: IAMClient, refs: Sequence[UserRef], concurrency: int,
     return tuple(users)
 
 
-def collect_users(iam: IAMClient, concurrency: int, deadline: Deadline) -> tuple[User, ...]:
+def collect_users(iam: IamLists, concurrency: int, deadline: Deadline) -> tuple[User, ...]:
     """ListUsers, then the keys of every user (no tags, no filters)."""
     return collect_keys(iam, list_users(iam, deadline), concurrency, deadline)
