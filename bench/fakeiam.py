@@ -12,7 +12,7 @@ tests/test_fakeiam_contract.py checks the exporter sees the same through moto an
 - Throttling: a fraction of requests answered ``400 Throttling`` (seeded RNG).
 - Counts requests by action (throttled ones too, separately).
 - Control plane under ``/_fake/`` (JSON): ``GET stats``, ``POST reset`` (counts),
-  ``POST config`` ({latency_ms, throttle, report_delay_seconds}), ``POST forget-report``.
+  ``POST config`` ({latency_ms, throttle, seed}), ``POST forget-report``.
 
 Run it in its own process so that its CPU does not share a GIL with the exporter::
 
@@ -92,13 +92,12 @@ class Dataset:
 
     @classmethod
     def generate(cls, users: int, two_key_fraction: float = 0.1,
-                 inactive_fraction: float = 0.5, no_key_fraction: float = 0.0,
-                 tagged_fraction: float = 0.7, used_fraction: float = 0.8,
-                 seed: int = 1) -> Dataset:
+                 inactive_fraction: float = 0.5, tagged_fraction: float = 0.7,
+                 used_fraction: float = 0.8, seed: int = 1) -> Dataset:
         """A deterministic estate: same arguments, same users, keys, ids and dates.
 
         ``two_key_fraction`` of the users hold two keys (``inactive_fraction`` of those
-        have the second one inactive); ``no_key_fraction`` hold none; the rest one.
+        have the second one inactive); the rest one.
         """
         rng = random.Random(seed)
         now = 1_760_000_000.0  # fixed "now", so every run sees the same dates
@@ -113,9 +112,7 @@ class Dataset:
                 u.tags["Team"] = rng.choice(teams)
                 if rng.random() < 0.5:
                     u.tags["CostCenter"] = f"cc-{rng.randrange(100, 999)}"
-            roll = rng.random()
-            n = 2 if roll < two_key_fraction else (
-                0 if roll < two_key_fraction + no_key_fraction else 1)
+            n = 2 if rng.random() < two_key_fraction else 1
             for k in range(n):
                 created = u.created + rng.randrange(0, 20) * 86400.0 + k * 3600.0
                 key = Key(key_id="AKIA" + "".join(rng.choices(KEY_ALPHABET, k=16)),
@@ -155,13 +152,8 @@ class Dataset:
         return {u.name: {s: sum(1 for k in u.keys if k.status == s)
                          for s in ("Active", "Inactive")} for u in self.users}
 
-    def summary(self) -> dict[str, int]:
-        keys = [k for u in self.users for k in u.keys]
-        return {"users": len(self.users), "keys": len(keys),
-                "active": sum(1 for k in keys if k.status == "Active"),
-                "inactive": sum(1 for k in keys if k.status == "Inactive"),
-                "multi_active_users": sum(
-                    1 for u in self.users if sum(k.status == "Active" for k in u.keys) > 1)}
+    def key_count(self) -> int:
+        return sum(len(u.keys) for u in self.users)
 
 
 # -- XML ----------------------------------------------------------------------------------
@@ -223,7 +215,6 @@ def _tags_xml(tags: dict[str, str]) -> str:
 class Settings:
     latency: float = 0.02  # seconds added to every request
     throttle: float = 0.0  # fraction of requests answered 400 Throttling
-    report_delay: float = 0.0  # seconds a new credential report takes to be COMPLETE
     seed: int = 7
 
 
@@ -344,17 +335,13 @@ class FakeIamService:
                           for k, v in values.items())
         return f"<SummaryMap>{entries}</SummaryMap>"
 
-    def _report_ready(self) -> bool:
-        started = self.report_started
-        return started is not None and time.time() - started >= self.settings.report_delay
-
     def generate_credential_report(self, _: dict[str, str]) -> str:
         now = time.time()
         if self.report_started is None or now - self.report_started > REPORT_TTL:
             self.report_started, self.report_body = now, None
             return ("<State>STARTED</State><Description>No report exists. Starting a new "
                     "report generation task</Description>")
-        return f"<State>{'COMPLETE' if self._report_ready() else 'INPROGRESS'}</State>"
+        return "<State>COMPLETE</State>"
 
     def _report_csv(self) -> bytes:
         lines = [REPORT_HEADER]
@@ -382,8 +369,6 @@ class FakeIamService:
     def get_credential_report(self, _: dict[str, str]) -> str:
         if self.report_started is None:
             raise ApiError(410, "ReportNotPresent", "Credential report not present.")
-        if not self._report_ready():
-            raise ApiError(404, "ReportInProgress", "Credential report is being generated.")
         if self.report_body is None:
             self.report_body = base64.b64encode(self._report_csv())
         return (f"<Content>{self.report_body.decode()}</Content>"
@@ -448,8 +433,6 @@ class FakeIamService:
                 self.settings.latency = float(args["latency_ms"]) / 1000
             if "throttle" in args:
                 self.settings.throttle = float(args["throttle"])
-            if "report_delay_seconds" in args:
-                self.settings.report_delay = float(args["report_delay_seconds"])
             if "seed" in args:
                 self.rng.seed(int(args["seed"]))
         elif path == "/_fake/forget-report":
@@ -543,21 +526,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--two-key-fraction", type=float, default=0.1)
-    ap.add_argument("--no-key-fraction", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dataset", help="JSON file (Dataset.to_json) instead of generating")
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--throttle", type=float, default=0.0)
-    ap.add_argument("--report-delay-seconds", type=float, default=0.0)
     args = ap.parse_args(argv)
     if args.dataset:
         data = Dataset.from_json(json.loads(Path(args.dataset).read_text()))
     else:
         data = Dataset.generate(args.users, two_key_fraction=args.two_key_fraction,
-                                no_key_fraction=args.no_key_fraction, seed=args.seed)
+                                seed=args.seed)
     service = FakeIamService(data, Settings(latency=args.latency_ms / 1000,
-                                            throttle=args.throttle,
-                                            report_delay=args.report_delay_seconds))
+                                            throttle=args.throttle))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(service, args.host, args.port))
     return 0
@@ -570,11 +550,10 @@ class FakeIam:
     """Starts the fake in a subprocess; ``url``, ``stats()``, ``reset()``, ``configure()``."""
 
     def __init__(self, users: int = 1000, latency_ms: float = 20.0, throttle: float = 0.0,
-                 two_key_fraction: float = 0.1, seed: int = 1,
-                 dataset: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+                 seed: int = 1, dataset: Path | None = None) -> None:
         cmd = [sys.executable, "-m", "bench.fakeiam", "--users", str(users),
                "--latency-ms", str(latency_ms), "--throttle", str(throttle),
-               "--two-key-fraction", str(two_key_fraction), "--seed", str(seed), *extra]
+               "--seed", str(seed)]
         if dataset is not None:
             cmd += ["--dataset", str(dataset)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -611,17 +590,12 @@ class FakeIam:
     def forget_report(self) -> dict[str, Any]:
         return self._call("/_fake/forget-report")
 
-    def pid(self) -> int:
-        return self.proc.pid
-
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        # Imported here: bench.harness loads the exporter's config module, which the fake
+        # server (this module run as a subprocess) has no use for.
+        from bench.harness import stop_process
+
+        stop_process(self.proc, grace=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

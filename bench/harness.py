@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ if str(ROOT) not in sys.path:
 from exporter.config import Config, parse  # noqa: E402
 
 # Fake credentials only, and nothing that could reach real AWS or a developer's profile.
+# (tests/helpers.py uses it as ISOLATED_ENV.)
 CREDS = {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
          "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
          "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
@@ -44,10 +46,23 @@ def isolate_env() -> None:
     os.environ.update(CREDS)
 
 
-def subprocess_env() -> dict[str, str]:
+def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment without AWS_* / IAM_KEY_EXPORTER_*, plus CREDS and extra."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "IAM_KEY_EXPORTER_"))}
-    return {**env, **CREDS, "PYTHONUNBUFFERED": "1"}
+    return {**env, **CREDS, **(extra or {})}
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM,
+                 grace: float = 10.0) -> None:
+    """Sends sig to a running process, waits up to grace seconds, then kills it."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +83,7 @@ def config_dict(endpoint: str, concurrency: int = 16, **extra: Any) -> dict[str,
     return deep_merge(base, extra)
 
 
-def load_config(data: dict[str, Any]) -> Config:
+def load_config(data: Mapping[str, Any]) -> Config:
     """The parsed config, through the exporter's own loader (a bad one fails the scenario)."""
     return parse(yaml.safe_dump(data), env={})
 
@@ -142,7 +157,7 @@ class Daemon:
         self.log = open(self.dir / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [str(CONSOLE_SCRIPT), "--config", str(path), "--listen",
-             f"127.0.0.1:{self.port}"], cwd=ROOT, env=subprocess_env(),
+             f"127.0.0.1:{self.port}"], cwd=ROOT, env=subprocess_env({"PYTHONUNBUFFERED": "1"}),
             stdout=self.log, stderr=subprocess.STDOUT)
         self.conn: http.client.HTTPConnection | None = None
         self.ready_seconds = float("nan")
@@ -193,13 +208,7 @@ class Daemon:
     def stop(self) -> None:
         if self.conn is not None:
             self.conn.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace=20)
         self.log.close()
 
 
@@ -239,8 +248,7 @@ class NaiveExporter:
     def stop(self) -> None:
         if self.conn is not None:
             self.conn.close()
-        self.proc.terminate()
-        self.proc.wait(10)
+        stop_process(self.proc, grace=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

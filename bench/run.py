@@ -258,7 +258,7 @@ def scenario_requests(b: Bench) -> None:
     rows = []
     for users in z.s2_sizes:
         data = Dataset.generate(users)
-        truth, keys = data.truth(), data.summary()["keys"]
+        truth, keys = data.truth(), data.key_count()
         with FakeIam(users=users, latency_ms=0) as fake:
             # A report exists, as it does from the exporter's previous cycle (AWS keeps
             # one for 4 hours); the cold start is measured separately below.
@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             b.row(key, f"scenario {name} ran", f"{type(e).__name__}: {e}"[:120], "no error",
                   False)
         print(f"({time.monotonic() - t:.0f}s)")
-    info["loadavg_at_end"] = __import__("os").getloadavg()
+    info["loadavg_at_end"] = os.getloadavg()
     info["seconds"] = time.monotonic() - started
     print("\n== summary")
     print(table(["scenario", "check", "measured", "target", "result"],

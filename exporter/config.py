@@ -8,6 +8,7 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -96,9 +97,10 @@ class UserFilterConfig:
                     or self.exclude_names)
 
     def matches(self, name: str, path: str) -> bool:
-        if self.include_paths and not any(path.startswith(p) for p in self.include_paths):
+        # The loader makes both tuples: str.startswith takes the whole tuple at once.
+        if self.include_paths and not path.startswith(self.include_paths):
             return False
-        if any(path.startswith(p) for p in self.exclude_paths):
+        if path.startswith(self.exclude_paths):
             return False
         if self.include_names and not any(_regex(r).fullmatch(name)
                                           for r in self.include_names):
@@ -106,14 +108,9 @@ class UserFilterConfig:
         return not any(_regex(r).fullmatch(name) for r in self.exclude_names)
 
 
-_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
-
-
+@functools.cache
 def _regex(pattern: str) -> re.Pattern[str]:
-    compiled = _REGEX_CACHE.get(pattern)
-    if compiled is None:
-        compiled = _REGEX_CACHE[pattern] = re.compile(pattern)
-    return compiled
+    return re.compile(pattern)
 
 
 @dataclass(frozen=True)
@@ -315,6 +312,24 @@ def _load_yaml(text: str) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def parse_yaml(text: str, source: str | None = None, *, context: bool = True) -> Any:
+    """The YAML document in ``text`` ({} when blank), or a ConfigError
+    "<source>: invalid YAML at line L, column C: <problem>" ("invalid YAML ..." when
+    source is None). ``context`` leads the problem with PyYAML's context ("while
+    scanning a quoted scalar, ..."). Duplicate keys raise _check_duplicates' ConfigError."""
+    head = "invalid YAML" if source is None else f"{source}: invalid YAML"
+    try:
+        return _load_yaml(text) if text.strip() else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        said = [getattr(e, "context", None) if context else None, getattr(e, "problem", None)]
+        problem = ", ".join(str(x) for x in said if x) or str(e)
+        raise ConfigError(f"{head}{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{head}: nested too deeply") from None
 
 
 def _describe(value: Any) -> str:
@@ -568,16 +583,7 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def parse(text: str, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
     """Parses YAML text (plus environment overrides) into a validated Config."""
-    try:
-        data = _load_yaml(text) if text.strip() else {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        said = [getattr(e, "context", None), getattr(e, "problem", None)]
-        problem = ", ".join(str(x) for x in said if x) or str(e)
-        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
+    data = parse_yaml(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 KeyStatus = Literal["Active", "Inactive"]
 STATUSES: tuple[KeyStatus, ...] = ("Active", "Inactive")
@@ -67,6 +67,14 @@ class Gap:
         return f"{self.operation}: {self.code}"
 
 
+class KeyTotals(NamedTuple):
+    """An account's keys by status, and its users (not exempt) with several active keys."""
+
+    active: int
+    inactive: int
+    multi_active_users: int
+
+
 @dataclass(frozen=True, slots=True)
 class AccountInventory:
     account_id: str
@@ -78,6 +86,16 @@ class AccountInventory:
     warnings: tuple[Gap, ...] = ()
     # Whether every key's last use (or "never used") is known; None: not collected.
     last_used_complete: bool | None = None
+
+    def key_totals(self) -> KeyTotals:
+        active = inactive = multi = 0
+        for user in self.users:
+            n = user.count("Active")
+            active += n
+            inactive += user.count("Inactive")
+            if n > 1 and not user.exempt:
+                multi += 1
+        return KeyTotals(active, inactive, multi)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from typing import Any
 
 M_TRIM_THRESHOLD = -1
@@ -18,9 +19,15 @@ M_MMAP_THRESHOLD = -3
 THRESHOLD = 128 << 10  # glibc's default starting value, kept fixed
 
 
+@functools.cache
+def _libc_name() -> str:
+    # find_library runs `ldconfig -p` (milliseconds): once per process, not per trim().
+    return ctypes.util.find_library("c") or "libc.so.6"
+
+
 def _libc() -> Any:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(_libc_name())
         libc.mallopt, libc.malloc_trim  # noqa: B018  # glibc only
     except (OSError, AttributeError):
         return None

@@ -34,7 +34,7 @@ def _cached(interval: float) -> str:
             "not at scrape time.")
 
 
-def key_label(key: AccessKey, mode: str = "full", position: int = 0) -> str:
+def key_label(key: AccessKey, mode: str, position: int) -> str:
     """The access_key_id label: the key id (full or its last 4 characters), or its
     position (none); the report slot where no id is known (credential-report strategy)."""
     if mode == "none":
@@ -185,16 +185,10 @@ class _Inventory:
             inv = st.inventory
             if inv is None:
                 continue
-            active = inactive = multi = 0
-            for user in inv.users:
-                n = user.count("Active")
-                active += n
-                inactive += user.count("Inactive")
-                if n > 1 and not user.exempt:
-                    multi += 1
-            row("iam_account_access_keys", active, ',status="Active"')
-            row("iam_account_access_keys", inactive, ',status="Inactive"')
-            row("iam_account_users_with_multiple_active_keys", multi)
+            totals = inv.key_totals()
+            row("iam_account_access_keys", totals.active, ',status="Active"')
+            row("iam_account_access_keys", totals.inactive, ',status="Inactive"')
+            row("iam_account_users_with_multiple_active_keys", totals.multi_active_users)
             row("iam_account_watched_users", len(inv.users))
             if inv.last_used_complete is not None:
                 row("iam_exporter_last_used_complete", 1 if inv.last_used_complete else 0)
@@ -249,9 +243,6 @@ class _SelfCollector(Collector):
         self.data = data
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._self_metrics()
-
-    def _self_metrics(self) -> Iterator[Metric]:
         snap, api = self.data.snapshot, self.data.api
         errors = CounterMetricFamily(
             "iam_exporter_collection_errors",

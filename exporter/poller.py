@@ -25,7 +25,7 @@ from exporter.aws.collect import collect_account
 from exporter.aws.errors import CollectionError, Deadline, error_code
 from exporter.aws.session import Target
 from exporter.config import Config
-from exporter.inventory import STATUSES, AccountInventory, AccountState, Snapshot
+from exporter.inventory import AccountInventory, AccountState, Snapshot
 
 log = logging.getLogger("exporter.poller")
 
@@ -93,13 +93,12 @@ class Poller:
         finally:
             self._busy.discard(target.key)
         duration = time.monotonic() - started
-        counts = {s: sum(u.count(s) for u in inv.users) for s in STATUSES}
+        totals = inv.key_totals()
         log.info("collection done", extra={
             "account_id": inv.account_id, "account_name": target.name,
             "strategy": inv.strategy, "users": len(inv.users),
-            "keys_active": counts["Active"], "keys_inactive": counts["Inactive"],
-            "multi_active_users": sum(1 for u in inv.users
-                                      if u.count("Active") > 1 and not u.exempt),
+            "keys_active": totals.active, "keys_inactive": totals.inactive,
+            "multi_active_users": totals.multi_active_users,
             "duration_s": round(duration, 3),
             **({"warnings": "; ".join(map(str, inv.warnings))} if inv.warnings else {})})
         return AccountState(
@@ -208,8 +207,8 @@ class Poller:
         self.snapshot = dataclasses.replace(
             self.snapshot, accounts=accounts,
             completed_at=self.snapshot.completed_at or time.time(), **self._placement())
-        if self._publish is not None:
-            self._publish(self.snapshot)
+        assert self._publish is not None, "only passed as progress when publishing"
+        self._publish(self.snapshot)
 
     def _placement(self) -> dict[str, Any]:
         """How the accounts were chosen: the last discovery and this replica's shard."""

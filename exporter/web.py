@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import bcrypt
+
 from exporter import __version__, logs, metrics, webconfig
 from exporter.config import Config, ConfigError
 from exporter.metrics import Exposition
@@ -138,8 +140,6 @@ class BasicAuth:
         self.set_users(users or {})
 
     def set_users(self, users: Mapping[str, str]) -> None:
-        import bcrypt
-
         table = {name.encode(): hashed.encode() for name, hashed in users.items()}
         dummy = b""
         if table:
@@ -154,8 +154,6 @@ class BasicAuth:
 
     def check(self, header: str) -> bool:
         """Whether an Authorization header holds valid credentials."""
-        import bcrypt
-
         table, cache, dummy = self._state
         if not table:
             return True
@@ -407,6 +405,11 @@ def _timeval(seconds: float) -> bytes:
     return struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
 
 
+# SO_RCVTIMEO / SO_SNDTIMEO values set on every client socket.
+_RECV_TIMEVAL = _timeval(CLIENT_TIMEOUT)
+_SEND_TIMEVAL = _timeval(SEND_TIMEOUT)
+
+
 class _SlowClientFilter(logging.Filter):
     """gunicorn logs a timed-out read as a socket error with a traceback: one warning line
     without it is enough."""
@@ -451,10 +454,8 @@ def _worker_class() -> type:
             # OS-level timeouts hold whatever gunicorn does with the socket's blocking
             # mode, and survive its TLS wrapping (same file descriptor).
             try:
-                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                                     _timeval(CLIENT_TIMEOUT))
-                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                                     _timeval(SEND_TIMEOUT))
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _RECV_TIMEVAL)
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _SEND_TIMEVAL)
             except OSError:
                 pass
             return super().handle(conn)

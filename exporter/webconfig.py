@@ -27,10 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 # _describe: one wording of a bad value for every config error.
-from exporter.config import ConfigError, _describe, read_text
+from exporter.config import ConfigError, _describe, parse_yaml, read_text
 
 TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -87,16 +85,21 @@ class WebConfig:
     basic_auth_users: Mapping[str, str] = field(default_factory=dict)
 
 
+def _at(where: str, message: str) -> ConfigError:
+    """A ConfigError naming its key path; the top level ("") is named by parse() alone."""
+    return ConfigError(f"{where}: {message}" if where else message)
+
+
 def _mapping(value: Any, where: str, known: tuple[str, ...] | None) -> Mapping[Any, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
+        raise _at(where, f"expected a mapping, got {_describe(value)}")
     if known is not None:
         for key in value:
             if key not in known:
                 name = f"{where}.{key}" if where else str(key)
-                raise ConfigError(f"{name}: unknown key (known keys: {', '.join(known)})")
+                raise _at(name, f"unknown key (known keys: {', '.join(known)})")
     return value
 
 
@@ -181,26 +184,17 @@ def _users(raw: Any) -> dict[str, str]:
 
 def parse(text: str, path: str) -> WebConfig:
     """Parses the text of the web config file at ``path`` (for messages and relative paths)."""
-    from exporter.config import _load_yaml
-
-    prefix = f"web.config_file {path}"
     try:
-        try:
-            data = _load_yaml(text) if text.strip() else {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"invalid YAML{where}: {getattr(e, 'problem', None) or e}"
-                              ) from None
-        except RecursionError:
-            raise ConfigError("invalid YAML: nested too deeply") from None
+        # Unlike the main config's, these messages give PyYAML's problem only.
+        data = parse_yaml(text, context=False)
         top = _mapping(data, "", TOP_KEYS)
         base = os.path.dirname(os.path.abspath(path))
         return WebConfig(path=path, tls=_tls(top.get("tls_server_config"), base),
                          basic_auth_users=_users(top.get("basic_auth_users")))
     except ConfigError as e:
-        msg = str(e)
-        raise ConfigError(f"{prefix}: {msg[2:] if msg.startswith(': ') else msg}") from None
+        # removeprefix: a top-level key that itself starts with ": " has always been
+        # reported without it.
+        raise ConfigError(f"web.config_file {path}: {str(e).removeprefix(': ')}") from None
 
 
 def load(path: str | None) -> WebConfig | None:

@@ -7,12 +7,11 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 from botocore.stub import Stubber
 
 from tests.awsproxy import AwsProxy
 from tests.daemon import Daemon
-from tests.helpers import FAKE_ENV, ISOLATED_ENV, free_port, iam_client
+from tests.helpers import FAKE_ENV, ISOLATED_ENV, free_port, iam_client, reset_moto
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +28,16 @@ def moto_server() -> Iterator[str]:
 @pytest.fixture
 def moto(moto_server: str) -> str:
     """Endpoint of the shared moto server, emptied for this test."""
-    requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
+    reset_moto(moto_server)
     return moto_server
+
+
+@pytest.fixture(scope="module")
+def endpoint(moto_server: str) -> Iterator[str]:
+    """The shared moto server, emptied for this module, and again after it."""
+    reset_moto(moto_server)
+    yield moto_server
+    reset_moto(moto_server)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,10 +13,9 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ROOT, free_port, subprocess_env
-
-# The installed console script, as a user runs it (python -m exporter is tested by test_cli).
-CONSOLE_SCRIPT = Path(sys.executable).parent / "iam-key-exporter"
+# CONSOLE_SCRIPT: the installed console script, as a user runs it (python -m exporter is
+# tested by test_cli).
+from bench.harness import CONSOLE_SCRIPT, ROOT, free_port, subprocess_env
 
 
 def parse_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

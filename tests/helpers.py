@@ -4,36 +4,26 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-import yaml
+import requests
 
+from bench.harness import CREDS, load_config
+from bench.harness import ROOT as ROOT  # re-exported: tests import these from here
+from bench.harness import free_port as free_port
+from bench.harness import subprocess_env as subprocess_env
 from exporter import config
 
-ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = Path(__file__).resolve().parent / "testdata"
-FAKE_ENV = {
-    "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    "AWS_REGION": "us-east-1",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-MOTO_ACCOUNT = "123456789012"
 # Fake credentials, and nothing that could reach real AWS or a developer's own profile.
-ISOLATED_ENV = {**FAKE_ENV, "AWS_CONFIG_FILE": "/dev/null",
-                "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This environment without AWS_* / IAM_KEY_EXPORTER_*, plus ISOLATED_ENV and extra."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "IAM_KEY_EXPORTER_"))}
-    return {**env, **ISOLATED_ENV, **(extra or {})}
+ISOLATED_ENV = CREDS
+FAKE_ENV = {k: CREDS[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+                                  "AWS_DEFAULT_REGION")}
+MOTO_ACCOUNT = "123456789012"
 
 
 def in_ci() -> bool:
@@ -59,21 +49,21 @@ def promtool_check_metrics(text: bytes | str) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=60)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def make_config(**overrides: Any) -> config.Config:
     """A Config from nested keyword data, through the real loader (so it is validated)."""
-    return config.parse(yaml.safe_dump(overrides), env={})
+    return load_config(overrides)
 
 
-def iam_client(endpoint: str) -> Any:
+def reset_moto(url: str) -> None:
+    """Empties the moto server at url (every account, every service)."""
+    requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+
+
+def iam_client(endpoint: str, **kw: Any) -> Any:
+    """An IAM client on endpoint with the fake credentials; kw go to boto3.client."""
     return boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
                         aws_access_key_id=FAKE_ENV["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=FAKE_ENV["AWS_SECRET_ACCESS_KEY"])
+                        aws_secret_access_key=FAKE_ENV["AWS_SECRET_ACCESS_KEY"], **kw)
 
 
 def add_user(iam: Any, name: str, statuses: tuple[str, ...] = (), path: str = "/",

@@ -114,11 +114,10 @@ def test_demo_stops_on_ctrl_c() -> None:
     d = Daemon({}, args=("demo",))
     try:
         d.wait_ready(timeout=60)
-        worker = [int(p) for p in subprocess.run(
-            ["pgrep", "-P", str(d.proc.pid)], capture_output=True, text=True).stdout.split()]
+        worker = d.worker_pid
         assert worker, "no gunicorn worker found"
         started = time.monotonic()
-        for pid in [d.proc.pid, *worker]:
+        for pid in [d.proc.pid, worker]:
             os.kill(pid, signal.SIGINT)
         code = d.proc.wait(10)
         assert code == 0, d.logs()

@@ -23,20 +23,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 import yaml
 
+from bench.harness import stop_process
 from tests.awsproxy import AwsProxy
 from tests.daemon import Daemon
 from tests.helpers import (
     MOTO_ACCOUNT,
     ROOT,
     add_user,
+    aws,
+    daemon_config,
     free_port,
     iam_client,
     require_binary,
+    reset_moto,
 )
 
 pytestmark = pytest.mark.e2e
@@ -146,13 +149,7 @@ class Proc:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace=10)
         self._log.close()
 
 
@@ -189,9 +186,9 @@ def seed(iam: Any, endpoint: str) -> None:
     # alice (Team=payments): one active key, used once (so it has a last-used date).
     add_user(iam, "alice", tags={"Team": "payments"})
     key = iam.create_access_key(UserName="alice")["AccessKey"]
-    boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                 aws_access_key_id=key["AccessKeyId"],
-                 aws_secret_access_key=key["SecretAccessKey"]).get_user(UserName="alice")
+    as_alice = aws("iam", endpoint, {"aws_access_key_id": key["AccessKeyId"],
+                                     "aws_secret_access_key": key["SecretAccessKey"]})
+    as_alice.get_user(UserName="alice")
     # carol: one active and one inactive key -> never alerts.
     add_user(iam, "carol", ("Active", "Inactive"), tags={"Team": "data"})
     # ci-bot: two active keys but exempt -> never alerts (still shown on the dashboard).
@@ -203,7 +200,7 @@ def seed(iam: Any, endpoint: str) -> None:
 def stack(moto_server: str) -> Iterator[Stack]:
     require_binary("prometheus")
     require_binary("prometheus-alertmanager")
-    requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
+    reset_moto(moto_server)
     iam = iam_client(moto_server)
     seed(iam, moto_server)
     workdir = Path(tempfile.mkdtemp(prefix="iamx-alerting-"))
@@ -216,9 +213,7 @@ def stack(moto_server: str) -> Iterator[Stack]:
     proxy.mode, proxy.fault_budget = "http500", 1
     try:
         exporter = Daemon({
-            "interval_seconds": 1,
-            "aws": {"endpoint_url": proxy.url, "max_attempts": 1,
-                    "connect_timeout_seconds": 1, "read_timeout_seconds": 3},
+            **daemon_config(proxy.url, interval=1),
             "accounts": [{"role_arn": f"arn:aws:iam::{A}:role/iam-key-exporter",
                           "name": "sandbox"}],
             "metrics": {"user_tags": {"Team": "team"}},
@@ -265,8 +260,8 @@ def stack(moto_server: str) -> Iterator[Stack]:
         yield s
     finally:
         for p in reversed(started):
-            if isinstance(p, Daemon) and p.proc.poll() is None:
-                p.terminate()  # SIGTERM: gunicorn stops its worker too
+            if isinstance(p, Daemon):
+                stop_process(p.proc, grace=15)  # SIGTERM: gunicorn stops its worker too
             p.stop()
         proxy.stop()
         shutil.rmtree(workdir, ignore_errors=True)

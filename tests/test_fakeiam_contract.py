@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 
 from bench.fakeiam import Dataset, FakeIam
 from tests.daemon import CONSOLE_SCRIPT, parse_samples
-from tests.helpers import ISOLATED_ENV, MOTO_ACCOUNT, ROOT, add_user, subprocess_env
+from tests.helpers import MOTO_ACCOUNT, ROOT, add_user, iam_client, subprocess_env
 
 # Families compared sample by sample.
 COMPARED = (
@@ -144,11 +144,8 @@ def test_errors_have_the_same_shape(moto: str, aws_env: dict[str, str]) -> None:
 
 
 def _client(url: str, attempts: int = 1) -> Any:
-    return boto3.client("iam", endpoint_url=url, region_name="us-east-1",
-                        aws_access_key_id=ISOLATED_ENV["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=ISOLATED_ENV["AWS_SECRET_ACCESS_KEY"],
-                        config=BotoConfig(retries={"total_max_attempts": attempts,
-                                                   "mode": "standard"}))
+    return iam_client(url, config=BotoConfig(retries={"total_max_attempts": attempts,
+                                                      "mode": "standard"}))
 
 
 @pytest.mark.e2e

@@ -46,6 +46,8 @@ Samples = dict[Any, float]
 def start(proxy: AwsProxy, daemons: Callable[..., Daemon]) -> Callable[..., Daemon]:
     def run(interval: float = 1, aws: dict[str, Any] | None = None, **extra: Any) -> Daemon:
         cfg = daemon_config(proxy.url, interval, **(aws or {}))
+        # A test's own collection settings replace this default wholesale: the
+        # credential-report tests get the exporter's default last_used that way.
         cfg.setdefault("collection", {"last_used": "off"})
         cfg.update(extra)
         return daemons(cfg)
@@ -84,10 +86,20 @@ def assert_seeded(s: Samples) -> None:
             keys(s, "carol", "Inactive")) == (1, 2, 1, 1)
 
 
-def assert_fails_cleanly_and_recovers(d: Daemon, proxy: AwsProxy, code: str,
-                                      clear: Callable[[], None]) -> Samples:
+def clear_faults(proxy: AwsProxy) -> None:
+    """The proxy passes everything through again (mode, rule and rewrite reset)."""
+    proxy.mode = proxy.rule = proxy.rewrite = None
+
+
+def hang(proxy: AwsProxy, action: str, seconds: float) -> None:
+    """Every request for action hangs for seconds, then the connection closes unanswered."""
+    proxy.hang_seconds = seconds
+    proxy.modes[action] = "hang"
+
+
+def assert_fails_cleanly_and_recovers(d: Daemon, proxy: AwsProxy, code: str) -> Samples:
     """The failure is reported with its code; last good data, readiness and health stay;
-    last_success stops advancing; clearing the fault recovers by itself."""
+    last_success stops advancing; clearing the proxy's fault recovers by itself."""
     s = d.wait_for(lambda s: success(s) == 0, timeout=30)
     assert_seeded(s)  # the last good data is still served
     assert (sample(s, "iam_exporter_collection_errors_total", account_id=A, error=code)
@@ -97,7 +109,7 @@ def assert_fails_cleanly_and_recovers(d: Daemon, proxy: AwsProxy, code: str,
     s = d.wait_for(lambda s: cycles(s) >= seen + 1, timeout=30)
     assert success(s) == 0 and last_success(s) == frozen
     assert d.get("/healthz").status_code == 200 and d.get("/readyz").status_code == 200
-    clear()
+    clear_faults(proxy)
     s = d.wait_for(lambda s: success(s) == 1, timeout=30)
     assert (last_success(s) or 0) > (frozen or 0)
     assert_seeded(s)
@@ -164,13 +176,9 @@ def test_sustained_faults_fail_cleanly_and_recover(
     seed(iam)
     d = start(aws={"max_attempts": 2})
     d.wait_ready()
-
-    def clear() -> None:
-        proxy.mode = None
-
     for fault, code in SUSTAINED:
         proxy.mode = fault
-        s = assert_fails_cleanly_and_recovers(d, proxy, code, clear)
+        s = assert_fails_cleanly_and_recovers(d, proxy, code)
         api_errors = errors(s, "iam_exporter_aws_api_errors_total")
         assert any(dict(k).get("code") == code for k in api_errors), (fault, api_errors)
 
@@ -192,11 +200,7 @@ def test_hung_endpoint_is_cut_by_the_read_timeout(iam: Any, proxy: AwsProxy,
         t1 = time.monotonic()
         assert d.get("/metrics").status_code == 200
         assert time.monotonic() - t1 < 1
-
-    def clear() -> None:
-        proxy.mode = None
-
-    assert_fails_cleanly_and_recovers(d, proxy, "ReadTimeoutError", clear)
+    assert_fails_cleanly_and_recovers(d, proxy, "ReadTimeoutError")
 
 
 def test_hung_call_is_cut_by_the_cycle_deadline(iam: Any, proxy: AwsProxy,
@@ -207,8 +211,7 @@ def test_hung_call_is_cut_by_the_cycle_deadline(iam: Any, proxy: AwsProxy,
     d = start(interval=1, aws={"read_timeout_seconds": 30},
               collection={"last_used": "off", "timeout_seconds": 1.5})
     d.wait_ready()
-    proxy.hang_seconds = 6
-    proxy.modes["ListAccessKeys"] = "hang"
+    hang(proxy, "ListAccessKeys", 6)
     t0 = time.monotonic()
     s = d.wait_for(lambda s: success(s) == 0, timeout=20)
     assert time.monotonic() - t0 < 1 + 1.5 + OVERRUN + 2
@@ -280,11 +283,7 @@ def test_access_denied_on_one_users_keys_fails_the_account_not_the_counts(
     d.wait_ready()
     proxy.rule = lambda action, p: ("deny" if action == "ListAccessKeys"
                                     and p.get("UserName") == ["bob"] else None)
-
-    def clear() -> None:
-        proxy.rule = None
-
-    assert_fails_cleanly_and_recovers(d, proxy, "AccessDenied", clear)
+    assert_fails_cleanly_and_recovers(d, proxy, "AccessDenied")
 
 
 # --------------------------------------------------------------------------- data faults
@@ -329,13 +328,9 @@ def test_bad_credential_report_fails_cleanly_and_recovers(
     seed(iam)
     d = start(interval=1, collection={"strategy": "credential-report"})
     d.wait_ready()
-
-    def clear() -> None:
-        proxy.rewrite = None
-
     for transform in BAD_REPORTS:
         proxy.rewrite = _report_rewriter(transform)
-        assert_fails_cleanly_and_recovers(d, proxy, "CredentialReportInvalid", clear)
+        assert_fails_cleanly_and_recovers(d, proxy, "CredentialReportInvalid")
 
 
 def test_limit_exceeded_on_report_generation_is_waited_out(
@@ -362,8 +357,7 @@ def test_sigterm_during_an_in_flight_cycle_exits_0_within_the_grace(
     d = start(interval=1, aws={"read_timeout_seconds": 60},
               collection={"last_used": "off", "timeout_seconds": 60})
     d.wait_ready()
-    proxy.hang_seconds = 60
-    proxy.modes["ListAccessKeys"] = "hang"
+    hang(proxy, "ListAccessKeys", 60)
     deadline = time.monotonic() + 10
     while not proxy.faults["ListAccessKeys"] and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -18,7 +18,7 @@ import requests
 from exporter import web
 from tests.awsproxy import AwsProxy
 from tests.daemon import Daemon, parse_samples, sample
-from tests.helpers import MOTO_ACCOUNT, add_user, iam_client
+from tests.helpers import MOTO_ACCOUNT, add_user, iam_client, reset_moto
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ THREADS = 4  # web.threads: small, so that starving them would show
 
 @pytest.fixture(scope="module")
 def daemon(moto_server: str) -> Iterator[tuple[Daemon, AwsProxy]]:
-    requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
+    reset_moto(moto_server)
     iam = iam_client(moto_server)
     for i in range(USERS):
         add_user(iam, f"user{i:03d}", ("Active",))

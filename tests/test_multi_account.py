@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
 
 from exporter import sharding
@@ -227,14 +226,6 @@ def new_world(endpoint: str, owner: str) -> World:
     w = World(endpoint, org, org.list_roots()["Roots"][0]["Id"])
     w.ids["master"] = owner
     return w
-
-
-@pytest.fixture(scope="module")
-def endpoint(moto_server: str) -> Iterator[str]:
-    """The shared moto server, emptied for this module, and again after it."""
-    requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
-    yield moto_server
-    requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
 
 
 MEMBERS = ("top", "eng1", "plat1", "plat2", "sales1")

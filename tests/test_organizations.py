@@ -15,7 +15,6 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 from botocore.config import Config as BotoConfig
 from botocore.stub import Stubber
 
@@ -23,14 +22,6 @@ from exporter.aws.errors import CollectionError, error_code
 from exporter.aws.organizations import OrgAccount, OrganizationsError, discover
 from exporter.config import OrganizationsConfig
 from tests.helpers import MOTO_ACCOUNT, aws, creds_in, free_port
-
-
-@pytest.fixture(scope="module")
-def endpoint(moto_server: str) -> Iterator[str]:
-    """The shared moto server, emptied for this module, and again after it."""
-    requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
-    yield moto_server
-    requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
 
 
 def record_calls(client: Any) -> list[str]:

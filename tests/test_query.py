@@ -289,16 +289,18 @@ SIGNINGS = [(DAY1, Credentials(ACCESS_KEY, SECRET)),
 @pytest.mark.parametrize("url", ["https://iam.amazonaws.com/", "http://127.0.0.1:5000/",
                                  "http://LocalHost:80/", "https://[::1]:8443/"])
 @pytest.mark.parametrize("region", ["us-east-1", "cn-north-1"])
-def test_signer_signs_exactly_as_botocores_sigv4(url: str, region: str,
+def test_signer_signs_exactly_as_botocores_sigv4(client: Any, url: str, region: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Signer.headers gives botocore's Authorization, X-Amz-Date and token headers for
     the fast path's request: default and explicit ports, with and without a session
     token, every user-name character, across a day change and a secret change."""
     signer = query.Signer("iam", region)
     host = query.signed_host(urlsplit(url))
+    serializer = create_serializer("query")
+    model = client.meta.service_model.operation_model("ListAccessKeys")
     for now, creds in SIGNINGS:
         for name in ODD_NAMES:
-            body = query.form("ListAccessKeys", {"UserName": name, "Marker": "AQ+/1=="})
+            body = query.form(serializer, model, {"UserName": name, "Marker": "AQ+/1=="})
             expected = botocore_signature(url, body, creds, region, now, monkeypatch)
             got = signer.headers(creds, host, body, now=now)
             assert {k: got.get(k) for k in SIGNED} == expected, (now, creds, name)
@@ -322,7 +324,7 @@ def test_form_is_botocores_query_body(client: Any, operation: str,
     same order, and the same bytes botocore puts on the wire (its urlencoded dict)."""
     model = client.meta.service_model.operation_model(operation)
     serialized = create_serializer("query").serialize_to_request(params, model)["body"]
-    body = query.form(operation, params)
+    body = query.form(create_serializer("query"), model, params)
     assert parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True) == [
         (k, str(v)) for k, v in serialized.items()]
     wire = AWSRequest("POST", "https://iam.amazonaws.com/", data=serialized).prepare().body
@@ -462,7 +464,8 @@ def test_list_keys_on_the_fast_path_treats_a_missing_user_as_gone(
     assert proxy.counts()["ListAccessKeys"] == 2
 
 
-def test_an_answer_that_is_not_xml_is_an_invalid_response(iam: Any, proxy: AwsProxy) -> None:
+def test_an_answer_that_is_not_xml_is_an_invalid_response(aws_env: dict[str, str],
+                                                          proxy: AwsProxy) -> None:
     """A 200 that is not XML raises botocore's ResponseParserError after one request
     (standard mode does not retry it), counted under the same error label as on the
     botocore path."""

@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError
 
 from exporter import sharding
 from exporter.aws.errors import error_code
+from exporter.aws.organizations import discover
 from exporter.aws.session import UNKNOWN_ACCOUNT, ApiStats, Target, client_settings
 from exporter.config import AccountConfig, Config
 from exporter.inventory import Discovery
@@ -59,8 +60,8 @@ class AccountSet:
             self._self.account_id = old.account_id
         return self._self
 
-    def _self_id(self, cfg: Config) -> str | None:
-        target = self._self_target(cfg)
+    @staticmethod
+    def _self_id(target: Target) -> str | None:
         try:
             return target.resolve_account_id()
         except Exception as e:
@@ -68,17 +69,15 @@ class AccountSet:
                 "error": error_code(e), "detail": str(e)[:300]})
             return None
 
-    def _discover(self, cfg: Config, cycle: int) -> list[tuple[str, str]]:
+    def _discover(self, cfg: Config, cycle: int, own: Target) -> list[tuple[str, str]]:
         org = cfg.organizations
         if (self._org is not None and not self._org_stale
                 and cycle - self._org_cycle < org.refresh_cycles):
             return self._org
         self._org_stale = False
-        from exporter.aws.organizations import discover
-
         prev = self.discovery
         try:
-            client = self._self_target(cfg).client("organizations")
+            client = own.client("organizations")
             found = [(a.account_id, a.name) for a in discover(client, org)]
         except Exception as e:
             code = error_code(e)
@@ -103,20 +102,22 @@ class AccountSet:
             cfg = self._cfg
         if not cfg.organizations.enabled:
             self._org, self.discovery = None, None
+        own = self._self_target(cfg)
         want: list[Target] = []
         static_ids = {a.account_id for a in cfg.accounts}
         self_id: str | None = None
         # The own account id is needed to recognise the management account among the
         # discovered ones, and to shard the own account; not otherwise (no STS call).
         if cfg.organizations.enabled or (cfg.collect_self and cfg.sharding.total > 1):
-            self_id = self._self_id(cfg)
+            self_id = self._self_id(own)
         if cfg.collect_self:
-            want.append(self._self_target(cfg))
+            want.append(own)
         for acct in cfg.accounts:
             want.append(self._keep(cfg, acct))
         if cfg.organizations.enabled:
             org = cfg.organizations
-            for account_id, name in self._discover(cfg, cycle):
+            partition = _partition(cfg.region)
+            for account_id, name in self._discover(cfg, cycle, own):
                 if account_id in static_ids:
                     continue  # a listed account keeps its own settings
                 if account_id == self_id:
@@ -124,12 +125,10 @@ class AccountSet:
                     # exporter's own credentials; there is usually no role to assume.
                     if cfg.include_self is False:
                         continue
-                    target = self._self_target(cfg)
-                    target.name = target.name or name
+                    own.name = own.name or name
                     if not cfg.collect_self:
-                        want.append(target)
+                        want.append(own)
                     continue
-                partition = _partition(cfg.region)
                 acct = AccountConfig(
                     role_arn=f"arn:{partition}:iam::{account_id}:role/{org.role_name}",
                     external_id=org.external_id, name=name, session_name=org.session_name)
@@ -139,8 +138,7 @@ class AccountSet:
             self._targets = {t.key: t for t in want}
         # API counters of accounts no longer watched go too (Organizations churn would
         # grow them without bound); the own account's stay, discovery is counted there.
-        own = self._self.account_id if self._self is not None else None
-        self._stats.forget({t.account_id for t in want} | {own or "", UNKNOWN_ACCOUNT})
+        self._stats.forget({t.account_id for t in want} | {own.account_id, UNKNOWN_ACCOUNT})
         return want
 
     def _keep(self, cfg: Config, account: AccountConfig) -> Target:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 from exporter.aws import credential_report, last_used, list_strategy
 from exporter.aws.errors import Deadline, DeadlineExceeded, error_code
@@ -15,8 +15,7 @@ from exporter.aws.summary import account_summary
 from exporter.config import Config
 from exporter.inventory import AccountInventory, AccountSummary, Gap, User
 
-if TYPE_CHECKING:
-    from mypy_boto3_iam import IAMClient
+T = TypeVar("T")
 
 
 def _owner_of(cfg: Config) -> Callable[[UserRef], Owner]:
@@ -58,37 +57,20 @@ def _list_refs(iam: IamLists, cfg: Config, deadline: Deadline,
         return list_strategy.list_users(iam, deadline)
 
 
-def _report(iam: IAMClient, cfg: Config, deadline: Deadline,
-            gaps: list[Gap]) -> credential_report.Report | None:
-    """The credential report for last-used dates; a gap (not a failure) without it."""
+def _or_gap(operation: str, gaps: list[Gap], fallback: T, call: Callable[[], T]) -> T:
+    """call()'s result; when it fails, a gap (not a failure) and the fallback. The
+    deadline and a failed credential refresh (AssumeRole) still fail the account."""
     try:
-        return credential_report.fetch(iam, cfg.collection.credential_report.wait_seconds,
-                                       deadline)
+        return call()
     except DeadlineExceeded:
         raise
     except Exception as e:
         _raise_if_credentials(e)
-        gaps.append(Gap("GetCredentialReport", error_code(e)))
-        return None
+        gaps.append(Gap(operation, error_code(e)))
+        return fallback
 
 
-def _fill_last_used(iam: IAMClient, users: tuple[User, ...], wanted: list[tuple[int, int]],
-                    cfg: Config, deadline: Deadline, cache: last_used.LastUsedCache | None,
-                    gaps: list[Gap]) -> tuple[tuple[User, ...], bool]:
-    """GetAccessKeyLastUsed for the wanted keys; returns users and whether all are known."""
-    try:
-        users = last_used.fill_from_api(iam, users, wanted, cfg.collection.concurrency,
-                                        deadline, cache)
-    except DeadlineExceeded:
-        raise
-    except Exception as e:
-        _raise_if_credentials(e)
-        gaps.append(Gap("GetAccessKeyLastUsed", error_code(e)))
-        return users, not wanted
-    return users, True
-
-
-def _list_strategy(iam: IAMClient, target: Target, cfg: Config, deadline: Deadline,
+def _list_strategy(target: Target, cfg: Config, deadline: Deadline,
                    gaps: list[Gap]) -> tuple[tuple[User, ...], float | None, int | None,
                                              bool | None]:
     """Users and keys, with last-used dates matched from the credential report as the
@@ -97,11 +79,13 @@ def _list_strategy(iam: IAMClient, target: Target, cfg: Config, deadline: Deadli
     matcher: last_used.ReportMatcher | None = None
     generated: float | None = None
     root: int | None = None
-    lists = target.iam_lists()
+    iam, lists = target.iam(), target.iam_lists()
     if mode == "credential-report":
         # Before the users are listed, not beside them: the two at once raise the
         # cycle's memory peak by more than they save in time.
-        report = _report(iam, cfg, deadline, gaps)
+        wait = cfg.collection.credential_report.wait_seconds
+        report = _or_gap("GetCredentialReport", gaps, None,
+                         lambda: credential_report.fetch(iam, wait, deadline))
         if report is not None:
             matcher = last_used.ReportMatcher(report.users)
             generated, root = report.generated, report.root_keys
@@ -120,7 +104,11 @@ def _list_strategy(iam: IAMClient, target: Target, cfg: Config, deadline: Deadli
     wanted = [(ui, ki) for ui, u in enumerate(users) for ki, k in enumerate(u.keys)
               if missing is None or k.key_id in missing]
     cache = target.last_used_cache if mode == "credential-report" else None
-    users, complete = _fill_last_used(iam, users, wanted, cfg, deadline, cache, gaps)
+    filled = users
+    users, complete = _or_gap(
+        "GetAccessKeyLastUsed", gaps, (filled, not wanted),
+        lambda: (last_used.fill_from_api(iam, filled, wanted, cfg.collection.concurrency,
+                                         deadline, cache), True))
     return users, generated, root, complete
 
 
@@ -136,7 +124,7 @@ def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountI
     complete: bool | None = None
     if strategy == "list":
         users, report_generated, root_from_report, complete = _list_strategy(
-            iam, target, cfg, deadline, gaps)
+            target, cfg, deadline, gaps)
     else:
         report = credential_report.fetch(iam, cfg.collection.credential_report.wait_seconds,
                                          deadline)
@@ -152,14 +140,8 @@ def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountI
                       for r in _list_refs(target.iam_lists(), cfg, deadline, gaps)}
             users = tuple(_with_owner(u, owners.get(u.name)) for u in users)
     deadline.check()
-    try:
-        summary = account_summary(iam)
-    except DeadlineExceeded:
-        raise
-    except Exception as e:  # a gap, not a failure: the keys are what matters
-        _raise_if_credentials(e)
-        gaps.append(Gap("GetAccountSummary", error_code(e)))
-        summary = AccountSummary()
+    # A gap, not a failure: the keys are what matters.
+    summary = _or_gap("GetAccountSummary", gaps, AccountSummary(), lambda: account_summary(iam))
     if summary.root_access_keys_present is None and root_from_report is not None:
         summary = AccountSummary(int(root_from_report > 0), summary.users)
     return AccountInventory(

@@ -165,10 +165,12 @@ def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tupl
         cache.keep_only({k.key_id for u in users for k in u.keys if k.key_id})
     if not found:
         return users
-    out = list(users)
+    by_user: dict[int, dict[int, float | None]] = {}
     for (ui, ki), value in found.items():
-        user = out[ui]
-        keys = list(user.keys)
-        keys[ki] = replace(keys[ki], last_used=value)
-        out[ui] = replace(user, keys=tuple(keys))
+        by_user.setdefault(ui, {})[ki] = value
+    out = list(users)
+    for ui, values in by_user.items():
+        out[ui] = replace(out[ui], keys=tuple(
+            replace(k, last_used=values[ki]) if ki in values else k
+            for ki, k in enumerate(out[ui].keys)))
     return tuple(out)

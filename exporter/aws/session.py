@@ -113,7 +113,8 @@ _shared_loader: Any = None
 
 def _core_session() -> botocore.session.Session:
     """A botocore session that shares one data loader (the parsed service models, a few
-    MB each) with every other session, and uses the regional STS endpoint."""
+    MB each) with every other session, uses the regional STS endpoint, and parses
+    timestamps without dateutil."""
     global _shared_loader
     core = botocore.session.get_session()
     with _loader_lock:
@@ -122,6 +123,8 @@ def _core_session() -> botocore.session.Session:
         else:
             core.register_component("data_loader", _shared_loader)
     core.set_config_variable("sts_regional_endpoints", "regional")
+    core.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=query.timestamp)
     return core
 
 
@@ -136,8 +139,8 @@ def client_settings(cfg: Config, account: AccountConfig | None) -> tuple[Any, ..
 class Target:
     """One watched account and its lazily built, cached clients."""
 
-    def __init__(self, cfg: Config, stats: ApiStats, account: AccountConfig | None = None,
-                 base_session: boto3.Session | None = None) -> None:
+    def __init__(self, cfg: Config, stats: ApiStats,
+                 account: AccountConfig | None = None) -> None:
         self._cfg = cfg
         self._stats = stats
         self.account = account
@@ -146,7 +149,7 @@ class Target:
         self.account_id = account.account_id if account else UNKNOWN_ACCOUNT
         self.strategy = account.strategy if account else None
         self.last_used_cache = LastUsedCache()
-        self._base = base_session
+        self._base: boto3.Session | None = None
         self._lock = threading.Lock()
         self._session_obj: boto3.Session | None = None
         self._clients: dict[str, Any] = {}
@@ -209,8 +212,6 @@ class Target:
         return boto3.Session(botocore_session=core, region_name=self._cfg.region)
 
     def _make_client(self, session: boto3.Session, service: str) -> Any:
-        session._session.get_component("response_parser_factory").set_parser_defaults(
-            timestamp_parser=query.timestamp)
         client = session.client(
             service,  # type: ignore[call-overload]
             endpoint_url=self._cfg.endpoint_url,
