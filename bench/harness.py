@@ -73,7 +73,8 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_dict(endpoint: str, concurrency: int = 16, **extra: Any) -> dict[str, Any]:
+def config_dict(endpoint: str, concurrency: int = 8, **extra: Any) -> dict[str, Any]:
+    """A config against the fake: one cycle a day (the benchmark drives the cycles)."""
     base: dict[str, Any] = {
         "aws": {"endpoint_url": endpoint},
         "interval_seconds": 86400,
@@ -149,16 +150,19 @@ def proc_status(pid: int) -> dict[str, int]:
 class Daemon:
     """The real console script (CLI → gunicorn → worker → poller) on a config."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], tree: Path | None = None) -> None:
+        """``tree``: run the exporter of another checkout (``python -m exporter`` there)."""
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="iamx-bench-"))
         path = self.dir / "config.yaml"
         path.write_text(yaml.safe_dump(cfg))
         self.log = open(self.dir / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [str(CONSOLE_SCRIPT)] if tree is None else [sys.executable, "-m", "exporter"]
+        env = {"PYTHONUNBUFFERED": "1", **({"PYTHONPATH": str(tree)} if tree else {})}
         self.proc = subprocess.Popen(
-            [str(CONSOLE_SCRIPT), "--config", str(path), "--listen",
-             f"127.0.0.1:{self.port}"], cwd=ROOT, env=subprocess_env({"PYTHONUNBUFFERED": "1"}),
-            stdout=self.log, stderr=subprocess.STDOUT)
+            [*cmd, "--config", str(path), "--listen", f"127.0.0.1:{self.port}"],
+            cwd=tree or ROOT, env=subprocess_env(env), stdout=self.log,
+            stderr=subprocess.STDOUT)
         self.conn: http.client.HTTPConnection | None = None
         self.ready_seconds = float("nan")
 
@@ -200,10 +204,10 @@ class Daemon:
         raise RuntimeError(f"daemon not ready after {timeout:g}s:\n{self.logs()}")
 
     def worker_pid(self) -> int:
+        """The gunicorn worker (the process that collects and serves); the daemon itself
+        if it has no child."""
         kids = children(self.proc.pid)
-        if not kids:
-            raise RuntimeError("no gunicorn worker found")
-        return kids[0]
+        return kids[0] if kids else self.proc.pid
 
     def stop(self) -> None:
         if self.conn is not None:
@@ -228,31 +232,6 @@ def scrape_times(get: Any, n: int, gzip: bool, warmups: int = 2) -> tuple[list[f
     return times, size
 
 
-class NaiveExporter:
-    """bench/naive_exporter.py in a subprocess, serving an exposition's samples."""
-
-    def __init__(self, exposition: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.naive_exporter", "--exposition", str(exposition)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        if not line or line[0] != "LISTENING":
-            self.proc.kill()
-            raise RuntimeError("naive exporter did not start")
-        self.port, self.samples = int(line[1]), int(line[2])
-        self.conn: http.client.HTTPConnection | None = None
-
-    get = Daemon.get
-
-    def stop(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-        stop_process(self.proc, grace=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -264,5 +243,5 @@ def machine() -> dict[str, Any]:
         pass
     import platform
 
-    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "loadavg_at_start": os.getloadavg()}
+    return {"cpus": len(os.sched_getaffinity(0)), "cpu_model": model,
+            "python": platform.python_version(), "loadavg_at_start": os.getloadavg()}

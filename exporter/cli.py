@@ -6,20 +6,20 @@ import argparse
 import dataclasses
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from exporter import __version__, config, logs, webconfig
+from exporter.reload import Reloader
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from _typeshed.wsgi import WSGIApplication
 
-    from exporter.aws.session import ApiStats
     from exporter.config import Config
     from exporter.inventory import Snapshot
-    from exporter.metrics import Exposition
     from exporter.webconfig import WebConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -31,15 +31,21 @@ log = logging.getLogger("exporter")
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+    common.add_argument("--config", "--config.file", dest="config", metavar="PATH",
+                        default=argparse.SUPPRESS,
                         help=f"config file (default: ${config.ENV_CONFIG}, else built-in "
                              "defaults)")
     common.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
                         help="log line format (default: config log_format, text)")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         default=argparse.SUPPRESS)
+    common.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
+                        default=argparse.SUPPRESS,
+                        help="web config file: TLS and basic auth (default: config "
+                             "web.config_file)")
     listen = argparse.ArgumentParser(add_help=False)
-    listen.add_argument("--listen", metavar="HOST:PORT", default=argparse.SUPPRESS,
+    listen.add_argument("--listen", "--web.listen-address", dest="listen",
+                        metavar="HOST:PORT", default=argparse.SUPPRESS,
                         help=f"address to serve on (default: config listen, "
                              f"{config.DEFAULT_LISTEN})")
 
@@ -69,24 +75,22 @@ def _load(args: argparse.Namespace) -> Config:
         overrides["log_format"] = args.log_format
     if getattr(args, "log_level", None):
         overrides["log_level"] = args.log_level
+    if getattr(args, "web_config_file", None):
+        overrides["web"] = dataclasses.replace(cfg.web, config_file=args.web_config_file)
     return dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
-
-
-def _expose(snap: Snapshot, stats: ApiStats, cfg: Config) -> Exposition:
-    from exporter.metrics import Exposition, RenderInput
-
-    return Exposition.of(RenderInput(snap, stats.counts(), cfg.interval_seconds, cfg.metrics))
 
 
 def _collect_once(cfg: Config) -> int:
     from exporter.aws.accounts import AccountSet
     from exporter.aws.session import ApiStats
+    from exporter.metrics import RenderInput, render
     from exporter.poller import Poller
 
     stats = ApiStats()
     poller = Poller(cfg, AccountSet(cfg, stats))
     snap = poller.run_cycle()
-    sys.stdout.buffer.write(_expose(snap, stats, cfg).body)
+    sys.stdout.buffer.write(render(RenderInput(snap, stats.counts(), cfg.interval_seconds,
+                                               cfg.metrics)))
     sys.stdout.flush()
     ok = all(a.success for a in snap.accounts) and (
         snap.discovery is None or snap.discovery.success)
@@ -95,43 +99,63 @@ def _collect_once(cfg: Config) -> int:
 
 def _serve(cfg: Config, web_config: WebConfig | None = None,
            reload_config: Callable[[], Config] | None = None) -> int:
-    from exporter import malloc, web
+    from exporter import server, web
     from exporter.aws.accounts import AccountSet
     from exporter.aws.session import ApiStats
-    from exporter.inventory import Snapshot
+    from exporter.collector.exporter import ExporterCollector
+    from exporter.metrics import AccountCache, Exposition, Live, RenderInput
     from exporter.poller import Poller
 
     pollers: list[Poller] = []
+    stops: list[Callable[[], None]] = []
 
     def factory() -> WSGIApplication:
         # Runs in gunicorn's worker, after fork.
-        malloc.tune()
         stats = ApiStats()
-        store = web.Store(_expose(Snapshot(), stats, cfg))
+        cache = AccountCache()
+        render_lock = threading.Lock()
 
-        def publish(snap: Snapshot) -> None:
-            # poller.cfg: after a reload the interval and the metrics options may differ.
-            store.replace(lambda: _expose(snap, stats, poller.cfg))
+        def render() -> Exposition:
+            return Exposition.of(RenderInput(poller.snapshot, stats.counts(),
+                                             poller.cfg.interval_seconds, poller.cfg.metrics),
+                                 cache)
 
-        poller = Poller(cfg, AccountSet(cfg, stats), publish=publish,
-                        starting=store.shrink, finished=malloc.trim)
+        def publish(_: Snapshot) -> None:
+            # Cycles and events publish from their own threads: always the newest
+            # snapshot (poller.cfg: after a reload the options may differ).
+            with render_lock:
+                store.set(render())
+
+        poller = Poller(cfg, AccountSet(cfg, stats), publish=publish)
+        store = web.Store(render())
         pollers.append(poller)
+        stops.append(poller.stop)
+        live = Live(ExporterCollector(lambda: poller.snapshot, stats.counts,
+                                      lambda: poller.cfg.interval_seconds))
+        if cfg.events.queue_url:
+            from exporter.events.consumer import Consumer
+
+            consumer = Consumer(cfg, poller)
+            live.registry.register(consumer.stats)
+            consumer.start()
+            stops.append(consumer.stop)
         poller.start()
         log.info("poller started", extra={
             "accounts": len(cfg.accounts), "strategy": cfg.collection.strategy,
             "organizations": cfg.organizations.enabled,
-            "interval_s": cfg.interval_seconds})
-        reloader = (web.Reloader(reload_config, cfg, poller.reconfigure, web_config)
+            "interval_s": cfg.interval_seconds,
+            "events": bool(cfg.events.queue_url)})
+        reloader = (Reloader(reload_config, cfg, poller.reconfigure, web_config)
                     if reload_config is not None else None)
-        return web.App(store, poller, web_config=web_config, reloader=reloader)
+        return web.App(store, poller, web_config=web_config, reloader=reloader, live=live)
 
     def on_exit() -> None:
-        for p in pollers:
-            p.stop(timeout=1.0)
+        for stop in stops:
+            stop()
 
-    return web.serve(cfg.listen, factory, cfg.web.threads, cfg.web.shutdown_grace_seconds,
-                     logs.gunicorn_logconfig(cfg.log_format, cfg.log_level), on_exit,
-                     web_config=web_config)
+    return server.serve(cfg.listen, factory, cfg.web.threads, cfg.web.shutdown_grace_seconds,
+                        logs.gunicorn_logconfig(cfg.log_format, cfg.log_level), on_exit,
+                        web_config=web_config)
 
 
 def _demo(cfg: Config, web_config: WebConfig | None = None) -> int:

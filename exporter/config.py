@@ -32,6 +32,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "IAM_KEY_EXPORTER_CONCURRENCY": "collection.concurrency",
     "IAM_KEY_EXPORTER_SHARD_TOTAL": "sharding.total",
     "IAM_KEY_EXPORTER_SHARD_INDEX": "sharding.index",
+    "IAM_KEY_EXPORTER_EVENTS_QUEUE_URL": "events.queue_url",
 }
 
 # Where a StatefulSet pod's name (and so its ordinal) is found when sharding.index is null.
@@ -71,6 +72,10 @@ class AwsConfig:
     max_attempts: int = field(default=8, metadata=_rng(1, 20))
     connect_timeout_seconds: float = field(default=5.0, metadata=_rng(0.1, 120))
     read_timeout_seconds: float = field(default=20.0, metadata=_rng(0.1, 300))
+    # IAM requests per second per account, every IAM call and retry counted. 10 is half
+    # of what IAM's shared per-account quota is commonly measured at, and reads a full
+    # 5,000-user account in about 8.5 minutes (inside the 15-minute default interval).
+    max_requests_per_second: float = field(default=10.0, metadata=_rng(0.1, 1000))
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,12 @@ class CollectionConfig:
     timeout_seconds: float | None = field(default=None, metadata=_rng(0.1, 86400))
     credential_report: CredentialReportConfig = field(default_factory=CredentialReportConfig)
     users: UserFilterConfig = field(default_factory=UserFilterConfig)
+    # After this many seconds without a successful cycle, an account's per-user series
+    # are withdrawn (the last good data is served until then).
+    max_stale_seconds: float = field(default=86400.0, metadata=_rng(60, 30 * 86400))
+    # Shortest pause between the end of one cycle and the start of the next, when a
+    # cycle overran its interval.
+    min_pause_seconds: float = field(default=30.0, metadata=_rng(0, 86400))
 
 
 @dataclass(frozen=True)
@@ -167,7 +178,8 @@ class AccountConfig:
 @dataclass(frozen=True)
 class OrganizationsConfig:
     enabled: bool = False
-    role_name: str = "OrganizationAccountAccessRole"
+    # The read-only role deploy/aws/member-role.yaml creates in every member account.
+    role_name: str = "iam-key-exporter-member"
     external_id: str | None = None
     session_name: str = "iam-key-exporter"
     include_accounts: tuple[str, ...] = ()
@@ -191,6 +203,21 @@ class ShardingConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    # SQS queue that an EventBridge rule fills with the CloudTrail events of IAM calls;
+    # null: no events, polling only.
+    queue_url: str | None = None
+    # Long-poll wait of one ReceiveMessage (SQS allows 0 to 20).
+    wait_seconds: int = field(default=20, metadata=_rng(0, 20))
+    # Seconds a received message stays hidden before SQS offers it again (a failed
+    # re-read is retried after this).
+    visibility_timeout_seconds: int = field(default=60, metadata=_rng(1, 43200))
+    # The dead-letter queue, for its depth metric; null: the one named by the queue's
+    # redrive policy (same account and region, as SQS requires).
+    dead_letter_queue_url: str | None = None
+
+
+@dataclass(frozen=True)
 class WebConfig:
     threads: int = field(default=8, metadata=_rng(1, 256))
     shutdown_grace_seconds: float = field(default=8.0, metadata=_rng(1, 300))
@@ -201,7 +228,8 @@ class WebConfig:
 @dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
-    interval_seconds: float = field(default=300.0, metadata=_rng(1, 86400))
+    # 15 minutes: a full 5,000-user account at the default request budget takes ~8.5.
+    interval_seconds: float = field(default=900.0, metadata=_rng(1, 86400))
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Also collect the account of the exporter's own credentials. None: only when no
@@ -213,6 +241,7 @@ class Config:
     accounts: tuple[AccountConfig, ...] = ()
     organizations: OrganizationsConfig = field(default_factory=OrganizationsConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     web: WebConfig = field(default_factory=WebConfig)
 
     @property
@@ -462,6 +491,11 @@ def _check(cfg: Config) -> None:
     if not (cfg.collect_self or cfg.accounts or cfg.organizations.enabled):
         raise ConfigError("include_self: false leaves no account to collect; list accounts "
                           "or enable organizations")
+    for key in ("queue_url", "dead_letter_queue_url"):
+        url = getattr(cfg.events, key)
+        if url is not None and not _is_http_url(url):
+            raise ConfigError(f"events.{key}: expected an https URL of an SQS queue, "
+                              f"got {_describe(url)}")
     web_file = cfg.web.config_file
     if web_file is not None and not web_file.strip():
         raise ConfigError("web.config_file: expected a file path, got ''")

@@ -7,10 +7,12 @@ web threads without locks: the poller builds new objects and swaps one reference
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
-KeyStatus = Literal["Active", "Inactive"]
+# "Active" or "Inactive"; any other status AWS reports (botocore's model lists "Expired")
+# is kept as it is and counted under its own name.
+KeyStatus = str
 STATUSES: tuple[KeyStatus, ...] = ("Active", "Inactive")
 
 
@@ -33,6 +35,9 @@ class User:
     tags: tuple[tuple[str, str], ...] = ()
     # Tagged with the exemption tag: left out of the key-count alerts.
     exempt: bool = False
+    # Why the keys are the last known ones rather than read in this cycle ("AccessDenied",
+    # "Throttling", "DeadlineExceeded", ...); "" when read fresh.
+    stale: str = ""
 
     def count(self, status: KeyStatus) -> int:
         return sum(1 for k in self.keys if k.status == status)
@@ -86,6 +91,20 @@ class AccountInventory:
     warnings: tuple[Gap, ...] = ()
     # Whether every key's last use (or "never used") is known; None: not collected.
     last_used_complete: bool | None = None
+    # Users whose keys could not be read and have no last known keys: (name, path, reason).
+    unread: tuple[tuple[str, str, str], ...] = ()
+    # Unix time the data is as of: the cycle's start (list), the report's generation
+    # (credential-report). An event read after it is newer and survives this data.
+    data_time: float = 0.0
+
+    def with_user(self, name: str, user: User | None) -> AccountInventory:
+        """This inventory with one user replaced, added, or (None) removed."""
+        users = [u for u in self.users if u.name != name]
+        if user is not None:
+            users.append(user)
+            users.sort(key=lambda u: u.name)
+        unread = tuple(x for x in self.unread if x[0] != name)
+        return replace(self, users=tuple(users), unread=unread)
 
     def key_totals(self) -> KeyTotals:
         active = inactive = multi = 0
@@ -114,6 +133,8 @@ class AccountState:
     duration: float
     last_success: float | None
     error: str | None = None  # error class of the last cycle, if it failed
+    # The per-user series were withdrawn: no success for collection.max_stale_seconds.
+    withdrawn: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +147,13 @@ class Snapshot:
     # How the last Organizations discovery went; None when discovery is off.
     discovery: Discovery | None = None
     shard: tuple[int, int] = (0, 1)  # (index, total)
+    # The last cycle took longer than the interval.
+    overrun: bool = False
 
     @property
     def ready(self) -> bool:
-        """A cycle has finished and there is data to serve (some account succeeded once)."""
-        return self.completed_at is not None and any(
-            a.inventory is not None for a in self.accounts)
+        """A cycle has finished and there is data to serve (some account succeeded once),
+        or this replica has no account to watch (a shard left empty must not stall a
+        rollout)."""
+        return self.completed_at is not None and (
+            not self.accounts or any(a.inventory is not None for a in self.accounts))

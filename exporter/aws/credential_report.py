@@ -9,8 +9,6 @@ today (two keys is the quota), but key ids are simply unknown to this strategy.
 
 from __future__ import annotations
 
-import binascii
-import codecs
 import csv
 import io
 import time
@@ -155,67 +153,16 @@ def parse(content: bytes | str | Iterable[str], generated: float | None = None) 
     )
 
 
-# GetCredentialReport's answer is XML holding the CSV in base64: ~14 MB at 50,000 users.
-# botocore would hold it three times over (the body, the XML text node, the decoded
-# bytes) before the CSV is even read; instead the CSV is decoded and parsed straight
-# from the body, a slice at a time, before botocore parses the (then tiny) rest.
-_B64_STEP = 64 * 1024  # base64 characters decoded at a time (a multiple of 4)
-_PARSED = "IamxParsedReport"
-_FAILED = "IamxReportError"
-
-
-def _base64_lines(body: bytes, start: int, end: int) -> Iterator[str]:
-    """The text lines of the base64 data in body[start:end], decoded piece by piece."""
-    view = memoryview(body)[start:end]
-    utf8 = codecs.getincrementaldecoder("utf-8-sig")()
-    carry, partial = b"", ""
-    for i in range(0, len(view), _B64_STEP):
-        data = carry + bytes(view[i:i + _B64_STEP]).translate(None, b" \t\r\n")
-        usable = len(data) - len(data) % 4
-        carry = data[usable:]
-        parts = (partial + utf8.decode(binascii.a2b_base64(data[:usable]))).split("\n")
-        partial = parts.pop()
-        for line in parts:
-            yield line + "\n"
-    if carry:
-        raise CredentialReportError("credential report content is not valid base64",
-                                    code="CredentialReportInvalid")
-    rest = partial + utf8.decode(b"", final=True)
-    if rest:
-        yield rest
-
-
-def _parse_in_place(response_dict: dict[str, Any], customized_response_dict: dict[str, Any],
-                    **_: Any) -> None:
-    """botocore's before-parse hook for GetCredentialReport (see above)."""
-    body = response_dict.get("body")
-    if response_dict.get("status_code") != 200 or not isinstance(body, bytes):
-        return
-    start = body.find(b"<Content>")
-    end = body.find(b"</Content>", start)
-    if start < 0 or end < 0:
-        return  # leave it to botocore
-    try:
-        report = parse(_base64_lines(body, start + len(b"<Content>"), end))
-    except (CredentialReportError, binascii.Error, UnicodeDecodeError) as e:
-        customized_response_dict[_FAILED] = (
-            e if isinstance(e, CredentialReportError) else CredentialReportError(
-                f"credential report content is not valid: {e}", code="CredentialReportInvalid"))
-    else:
-        customized_response_dict[_PARSED] = report
-    response_dict["body"] = body[:start] + body[end + len(b"</Content>"):]
-
-
 def _report_of(resp: Any) -> Report:
     generated = resp.get("GeneratedTime")
     when = generated.timestamp() if generated is not None else None
-    if _FAILED in resp:
-        raise resp[_FAILED]
-    if _PARSED in resp:
-        report: Report = resp[_PARSED]
-        return Report(users=report.users, root_keys=report.root_keys, generated=when)
-    # Without the hook (botocore's Stubber in tests): from the parsed Content.
-    return parse(resp.get("Content", b""), when)
+    content = resp.get("Content")
+    if not content:
+        # AWS always sends at least the header and the root account's row: an empty
+        # report must never read as an account without users.
+        raise CredentialReportError("credential report has no content",
+                                    code="CredentialReportInvalid")
+    return parse(content, when)
 
 
 def fetch(iam: IAMClient, wait_seconds: float, deadline: Deadline,
@@ -232,8 +179,6 @@ def fetch(iam: IAMClient, wait_seconds: float, deadline: Deadline,
             state = iam.generate_credential_report().get("State", "")
             last = f"state {state}"
             if state == "COMPLETE":
-                iam.meta.events.register("before-parse.iam.GetCredentialReport",
-                                         _parse_in_place, unique_id="iamx-report-stream")
                 return _report_of(iam.get_credential_report())
         except Exception as e:
             code = client_error_code(e)

@@ -135,8 +135,11 @@ def fetch_last_used(iam: IAMClient, key_id: str) -> float | None:
 
 def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tuple[int, int]],
                   concurrency: int, deadline: Deadline,
-                  cache: LastUsedCache | None) -> tuple[User, ...]:
-    """Fills in the wanted keys from GetAccessKeyLastUsed (through the cache when given)."""
+                  cache: LastUsedCache | None) -> tuple[tuple[User, ...], bool]:
+    """Fills in the wanted keys from GetAccessKeyLastUsed (through the cache when given);
+    returns the users and whether every wanted key got its date. A key whose call fails
+    (denied, throttled through every retry) or is not reached by the deadline keeps no
+    date; the others, and every cached date, are kept."""
     now = time.time()
     found: dict[tuple[int, int], float | None] = {}
     todo: list[tuple[int, int]] = []
@@ -150,21 +153,30 @@ def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tupl
         else:
             todo.append((ui, ki))
 
-    def one(pos: tuple[int, int]) -> float | None:
+    def one(pos: tuple[int, int]) -> tuple[float | None] | None:
         key_id = users[pos[0]].keys[pos[1]].key_id
         assert key_id is not None
-        value = fetch_last_used(iam, key_id)
+        try:
+            value = fetch_last_used(iam, key_id)
+        except Exception as e:
+            if getattr(e, "operation_name", None) == "AssumeRole":
+                raise
+            return None
         if cache is not None:
             cache.put(key_id, value, time.time())
-        return value
+        return (value,)
 
-    for pos, value in zip(todo, parallel_map(one, todo, concurrency, deadline, "iam-lastused"),
-                          strict=True):
-        found[pos] = value
+    complete = True
+    for pos, got in zip(todo, parallel_map(one, todo, concurrency, deadline, "iam-lastused"),
+                        strict=True):
+        if got is None:
+            complete = False
+        else:
+            found[pos] = got[0]
     if cache is not None:
         cache.keep_only({k.key_id for u in users for k in u.keys if k.key_id})
     if not found:
-        return users
+        return users, complete
     by_user: dict[int, dict[int, float | None]] = {}
     for (ui, ki), value in found.items():
         by_user.setdefault(ui, {})[ki] = value
@@ -173,4 +185,4 @@ def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tupl
         out[ui] = replace(out[ui], keys=tuple(
             replace(k, last_used=values[ki]) if ki in values else k
             for ki, k in enumerate(out[ui].keys)))
-    return tuple(out)
+    return tuple(out), complete

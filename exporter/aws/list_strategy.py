@@ -14,18 +14,21 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
-from exporter.aws.errors import CollectionError, Deadline, DeadlineExceeded, client_error_code
+from exporter.aws.errors import (
+    CollectionError,
+    Deadline,
+    DeadlineExceeded,
+    client_error_code,
+    error_code,
+)
 from exporter.inventory import AccessKey, User
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
 
-    from exporter.aws.query import QueryClient
-
 PAGE_SIZE = 1000
 
-# What reads users and keys: a botocore IAM client, or the fast path in front of one.
-IamLists = Union["IAMClient", "QueryClient"]
+IamLists = Union["IAMClient", Any]  # a botocore IAM client (Any: test fakes)
 
 
 def _pages(call: Callable[..., Any], operation: str, items: str,
@@ -82,9 +85,8 @@ _NO_TAGS: Mapping[str, str] = types.MappingProxyType({})
 
 
 def _key(meta: Any) -> AccessKey:
-    status = meta.get("Status")
-    if status not in ("Active", "Inactive"):
-        raise CollectionError(f"unexpected key status {status!r}", code="InvalidResponse")
+    # Any other status (botocore's model lists Expired) is counted under its own name.
+    status = str(meta.get("Status") or "Unknown")
     created = meta.get("CreateDate")
     return AccessKey(key_id=meta.get("AccessKeyId"), status=status,
                      created=created.timestamp() if created is not None else None)
@@ -109,17 +111,18 @@ R = TypeVar("R")
 
 
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], concurrency: int,
-                 deadline: Deadline, name: str = "iam-calls") -> list[R]:
-    """fn over items by a few worker threads, results in order; the first error (or the
-    deadline) stops the rest and is raised.
+                 deadline: Deadline, name: str = "iam-calls") -> list[R | None]:
+    """fn over items by a few worker threads, results in order. Items not started by
+    the deadline (or still running a little after it) are None; the first error fn
+    raises stops the rest and is raised (fn turns errors it can live with into results).
 
     Workers take the next item from a shared index rather than from a queue of futures:
-    at 50,000 users, 50,000 Future objects alone would cost tens of MB.
+    no Future object per user.
     """
     n = len(items)
     if n == 0:
         return []
-    results: list[Any] = [None] * n
+    results: list[R | None] = [None] * n
     cond = threading.Condition()
     state = {"next": 0, "finished": 0}
     errors: list[BaseException] = []
@@ -127,13 +130,12 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], concurrency: int,
 
     def worker() -> None:
         try:
-            while not stop.is_set():
+            while not stop.is_set() and deadline.remaining() > 0:
                 with cond:
                     i = state["next"]
                     state["next"] = i + 1
                 if i >= n:
                     return
-                deadline.check()
                 results[i] = fn(items[i])
         except BaseException as e:  # handed to the caller
             stop.set()
@@ -148,18 +150,18 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], concurrency: int,
     for k in range(workers):
         threading.Thread(target=worker, name=f"{name}-{k}", daemon=True).start()
     with cond:
+        # A call stuck past the deadline keeps its thread until botocore's read timeout;
+        # nothing waits for it longer than this.
         cond.wait_for(lambda: state["finished"] == workers or bool(errors),
-                      timeout=max(deadline.remaining(), 0.0))
-        done = state["finished"] == workers
+                      timeout=max(deadline.remaining(), 0.0) + DEADLINE_GRACE)
     stop.set()
     if errors:
         raise errors[0]
-    if not done:
-        # A call stuck past the deadline keeps its thread until botocore's read
-        # timeout; nothing waits for it.
-        raise DeadlineExceeded(f"cycle deadline of {deadline.seconds:g}s exceeded")
-    return results
+    return list(results)
 
+
+# Seconds past the deadline that calls already in flight are waited for.
+DEADLINE_GRACE = 2.0
 
 KeysHook = Callable[[str, tuple[AccessKey, ...]], tuple[AccessKey, ...]]
 # A user's configured tags (as (key, value) pairs) and whether it is exempt.
@@ -167,27 +169,89 @@ Owner = tuple[tuple[tuple[str, str], ...], bool]
 NO_OWNER: Owner = ((), False)
 
 
+class UserFailed(Exception):
+    """One user's keys could not be read; ``code`` says why."""
+
+    def __init__(self, code: str, cause: BaseException) -> None:
+        super().__init__(code)
+        self.code, self.cause = code, cause
+
+
+@dataclass(frozen=True, slots=True)
+class KeysResult:
+    """The users whose keys were read, and (name, path, reason) of those that were not."""
+
+    users: tuple[User, ...]
+    unread: tuple[tuple[str, str, str], ...] = ()
+
+
+# Errors that fail the whole account rather than one user: the credentials themselves.
+ACCOUNT_ERRORS = frozenset({"ExpiredToken", "InvalidClientTokenId", "SignatureDoesNotMatch",
+                            "UnrecognizedClientException", "NoCredentialsError"})
+
+
+# A user deleted since it was listed (None from parallel_map means "not reached").
+GONE = "gone"
+
+
+def _read(iam: IamLists, ref: UserRef, finish: KeysHook | None,
+          owner_of: Callable[[UserRef], Owner] | None) -> User | UserFailed | str:
+    try:
+        keys = list_keys(iam, ref.name)
+    except Exception as e:
+        code = error_code(e)
+        if code in ACCOUNT_ERRORS or getattr(e, "operation_name", None) == "AssumeRole":
+            raise
+        return UserFailed(code, e)
+    if keys is None:
+        return GONE
+    if finish is not None:
+        keys = finish(ref.name, keys)
+    tags, exempt = owner_of(ref) if owner_of is not None else NO_OWNER
+    return User(name=ref.name, path=ref.path, keys=keys, tags=tags, exempt=exempt)
+
+
 def collect_keys(iam: IamLists, refs: Sequence[UserRef], concurrency: int,
                  deadline: Deadline, owner_of: Callable[[UserRef], Owner] | None = None,
-                 finish: KeysHook | None = None) -> tuple[User, ...]:
+                 finish: KeysHook | None = None) -> KeysResult:
     """One ListAccessKeys per user; users deleted since they were listed are left out.
-    ``finish`` completes each user's keys (last-used dates) as they come in."""
+    ``finish`` completes each user's keys (last-used dates) as they come in.
 
-    def one(ref: UserRef) -> User | None:
-        keys = list_keys(iam, ref.name)
-        if keys is None:
-            return None
-        if finish is not None:
-            keys = finish(ref.name, keys)
-        tags, exempt = owner_of(ref) if owner_of is not None else NO_OWNER
-        return User(name=ref.name, path=ref.path, keys=keys, tags=tags, exempt=exempt)
+    A user whose keys cannot be read (denied for that user, throttled through every
+    retry) is tried once more after the others; if it fails again, or the deadline
+    comes first, it is reported in ``unread`` and the others are exported. Only when
+    every user fails is the account failed (a missing permission, not one odd user).
+    """
 
-    users = [u for u in parallel_map(one, refs, concurrency, deadline, "iam-keys")
-             if u is not None]
+    def one(ref: UserRef) -> User | UserFailed | str:
+        return _read(iam, ref, finish, owner_of)
+
+    first = parallel_map(one, refs, concurrency, deadline, "iam-keys")
+    again = [i for i, r in enumerate(first) if isinstance(r, UserFailed)]
+    if again:
+        second = parallel_map(one, [refs[i] for i in again], concurrency, deadline, "iam-keys")
+        for i, r in zip(again, second, strict=True):
+            if r is not None:
+                first[i] = r
+    users: list[User] = []
+    unread: list[tuple[str, str, str]] = []
+    failures: list[UserFailed] = []
+    for ref, r in zip(refs, first, strict=True):
+        if isinstance(r, User):
+            users.append(r)
+        elif isinstance(r, UserFailed):
+            failures.append(r)
+            unread.append((ref.name, ref.path, r.code))
+        elif r is None:
+            unread.append((ref.name, ref.path, "DeadlineExceeded"))
+    if failures and len(failures) == len(refs):
+        raise failures[0].cause
+    if refs and len(unread) == len(refs):
+        raise DeadlineExceeded(f"cycle deadline of {deadline.seconds:g}s exceeded")
     users.sort(key=lambda u: u.name)
-    return tuple(users)
+    return KeysResult(tuple(users), tuple(unread))
 
 
-def collect_users(iam: IamLists, concurrency: int, deadline: Deadline) -> tuple[User, ...]:
+def collect_users(iam: IamLists, concurrency: int, deadline: Deadline) -> KeysResult:
     """ListUsers, then the keys of every user (no tags, no filters)."""
     return collect_keys(iam, list_users(iam, deadline), concurrency, deadline)

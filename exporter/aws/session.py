@@ -20,7 +20,7 @@ from botocore.config import Config as BotoConfig
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
 from exporter import __version__
-from exporter.aws import query
+from exporter.aws.budget import THROTTLING_CODES, Budget
 from exporter.aws.errors import CollectionError
 from exporter.aws.last_used import LastUsedCache
 from exporter.config import AccountConfig, Config
@@ -37,16 +37,35 @@ class ApiCounts:
     calls: dict[tuple[str, str, str], int]  # (account_id, service, operation)
     errors: dict[tuple[str, str, str, str], int]  # (..., code)
     retries: dict[tuple[str, str, str], int]
+    # IAM HTTP requests (every attempt) and throttled answers, by (account_id, operation).
+    requests: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    throttles: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    # The IAM request budget in effect, requests per second, by account id.
+    budget: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class ApiStats:
-    """Thread-safe counters of AWS API calls, errors (by code) and retries."""
+    """Thread-safe counters of AWS API calls, errors (by code) and retries, and of the
+    IAM requests each account's budget let through."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: Counter[tuple[str, str, str]] = Counter()
         self._errors: Counter[tuple[str, str, str, str]] = Counter()
         self._retries: Counter[tuple[str, str, str]] = Counter()
+        self._requests: Counter[tuple[str, str]] = Counter()
+        self._throttles: Counter[tuple[str, str]] = Counter()
+        self._budgets: dict[str, Budget] = {}
+
+    def request(self, account_id: str, operation: str, throttled: bool) -> None:
+        with self._lock:
+            self._requests[(account_id, operation)] += 1
+            if throttled:
+                self._throttles[(account_id, operation)] += 1
+
+    def track_budget(self, account_id: str, budget: Budget) -> None:
+        with self._lock:
+            self._budgets[account_id] = budget
 
     def record(self, account_id: str, service: str, operation: str,
                error: str | None, retries: int) -> None:
@@ -60,23 +79,32 @@ class ApiStats:
 
     def counts(self) -> ApiCounts:
         with self._lock:
-            return ApiCounts(dict(self._calls), dict(self._errors), dict(self._retries))
+            budgets = dict(self._budgets)
+            counts = ApiCounts(dict(self._calls), dict(self._errors), dict(self._retries),
+                               dict(self._requests), dict(self._throttles))
+        counts.budget.update({acct: b.rate() for acct, b in budgets.items()})
+        return counts
+
+    def _counters(self) -> tuple[Counter[Any], ...]:
+        return (self._calls, self._errors, self._retries, self._requests, self._throttles)
 
     def forget(self, keep: set[str]) -> None:
         """Drops the counts of every account not in keep."""
         with self._lock:
-            counters: tuple[Counter[Any], ...] = (self._calls, self._errors, self._retries)
-            for counter in counters:
+            for counter in self._counters():
                 for key in [k for k in counter if k[0] not in keep]:
                     del counter[key]
+            for acct in [a for a in self._budgets if a not in keep]:
+                del self._budgets[acct]
 
     def relabel(self, old: str, new: str) -> None:
         """Moves counts recorded before the account id was known to the real id."""
         with self._lock:
-            counters: tuple[Counter[Any], ...] = (self._calls, self._errors, self._retries)
-            for counter in counters:
+            for counter in self._counters():
                 for key in [k for k in counter if k[0] == old]:
                     counter[(new, *key[1:])] += counter.pop(key)
+            if old in self._budgets:
+                self._budgets[new] = self._budgets.pop(old)
 
 
 def _instrument(client: Any, service: str, stats: ApiStats, target: Target) -> None:
@@ -85,6 +113,18 @@ def _instrument(client: Any, service: str, stats: ApiStats, target: Target) -> N
     def before_send(request: Any, **_: Any) -> None:
         ctx = request.context
         ctx["iamx_attempts"] = ctx.get("iamx_attempts", 0) + 1
+        if service == "iam":
+            target.budget.acquire()
+
+    def after_attempt(response: Any, operation: Any, **_: Any) -> None:
+        # needs-retry: once per attempt, with the answer (or None after a network error).
+        code = None
+        if response is not None:
+            code = response[1].get("Error", {}).get("Code")
+        throttled = code in THROTTLING_CODES
+        if throttled:
+            target.budget.throttled()
+        stats.request(target.account_id, operation.name, throttled)
 
     def after_call(http_response: Any, parsed: dict[str, Any], model: Any,
                    context: dict[str, Any], **_: Any) -> None:
@@ -103,6 +143,8 @@ def _instrument(client: Any, service: str, stats: ApiStats, target: Target) -> N
 
     events = client.meta.events
     events.register(f"before-send.{service}", before_send)
+    if service == "iam":
+        events.register_first(f"needs-retry.{service}", after_attempt)
     events.register(f"after-call.{service}", after_call)
     events.register(f"after-call-error.{service}", after_call_error)
 
@@ -123,8 +165,6 @@ def _core_session() -> botocore.session.Session:
         else:
             core.register_component("data_loader", _shared_loader)
     core.set_config_variable("sts_regional_endpoints", "regional")
-    core.get_component("response_parser_factory").set_parser_defaults(
-        timestamp_parser=query.timestamp)
     return core
 
 
@@ -149,11 +189,12 @@ class Target:
         self.account_id = account.account_id if account else UNKNOWN_ACCOUNT
         self.strategy = account.strategy if account else None
         self.last_used_cache = LastUsedCache()
+        self.budget = Budget(cfg.aws.max_requests_per_second)
+        stats.track_budget(self.account_id, self.budget)
         self._base: boto3.Session | None = None
         self._lock = threading.Lock()
         self._session_obj: boto3.Session | None = None
         self._clients: dict[str, Any] = {}
-        self._keys_api: query.QueryClient | None = None
 
     def settings(self) -> tuple[Any, ...]:
         return client_settings(self._cfg, self.account)
@@ -228,24 +269,17 @@ class Target:
                 if self._session_obj is None:
                     self._session_obj = self._session()
                 client = self._clients[service] = self._make_client(self._session_obj, service)
-                if service == "iam":
-                    # Made with the client, so it learns the endpoint from its first call.
-                    core = self._session_obj._session
-                    aws = self._cfg.aws
-                    self._keys_api = query.QueryClient(
-                        client, core.get_credentials(), aws.connect_timeout_seconds,
-                        aws.read_timeout_seconds, core.get_config_variable("ca_bundle"))
             return client
 
     def iam(self) -> IAMClient:
         return self.client("iam")  # type: ignore[no-any-return]
 
-    def iam_lists(self) -> query.QueryClient:
-        """The paginated reads of this account's IAM client, on the fast path once it
-        can be."""
-        self.iam()
-        assert self._keys_api is not None
-        return self._keys_api
+    def fresh_iam(self) -> None:
+        """A new IAM client from the next call on (the session and its credentials stay):
+        botocore's retry quota lives in the client, and one drained by a throttling storm
+        must not outlive the cycle it happened in."""
+        with self._lock:
+            self._clients.pop("iam", None)
 
     def resolve_account_id(self) -> str:
         """The account id, from sts:GetCallerIdentity the first time it is not known."""

@@ -60,16 +60,66 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if or .Values.forceMonitoringCRDs (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") }}true{{ end }}
 {{- end }}
 
-{{- define "iam-key-exporter.configPath" -}}/etc/iam-key-exporter/config.yaml{{- end }}
+{{/* The config file the exporter reads. With a queue per shard, each pod reads the file
+     named after itself (the kubelet expands $(POD_NAME) in args): <name>-<i>.yaml. */}}
+{{- define "iam-key-exporter.configPath" -}}
+/etc/iam-key-exporter/{{ if include "iam-key-exporter.queuePerShard" . }}$(POD_NAME).yaml{{ else }}config.yaml{{ end }}
+{{- end }}
 {{- define "iam-key-exporter.containerPort" -}}9877{{- end }}
 
 {{/* The exporter config document, as stored in the ConfigMap. */}}
 {{- define "iam-key-exporter.config" -}}
-{{- if .Values.config }}
-{{- toYaml .Values.config }}
+{{- include "iam-key-exporter.configWithQueue" (dict "Values" .Values "queueUrl" .Values.events.queueUrl) }}
+{{- end }}
+
+{{/* .Values.config with events.queue_url set to .queueUrl (when not empty). */}}
+{{- define "iam-key-exporter.configWithQueue" -}}
+{{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- with .queueUrl }}
+{{- $events := deepCopy (get $cfg "events" | default dict) }}
+{{- if get $events "queue_url" }}
+{{- fail "config.events.queue_url: set the queue with events.queueUrl (or events.queueUrls when sharded), not in config" }}
+{{- end }}
+{{- $_ := set $events "queue_url" . }}
+{{- $_ := set $cfg "events" $events }}
+{{- end }}
+{{- if $cfg }}
+{{- toYaml $cfg }}
 {{- else -}}
 {}
 {{- end }}
+{{- end }}
+
+{{/* "true" when every shard reads a queue of its own (events.queueUrls). Fails on the
+     combinations that would lose events: a queue shared by shards (SQS hands a message to
+     one reader only, and a shard deletes the events of accounts it does not watch). */}}
+{{- define "iam-key-exporter.queuePerShard" -}}
+{{- $replicas := int .Values.sharding.replicas }}
+{{- $urls := .Values.events.queueUrls | default list }}
+{{- $configEvents := (.Values.config | default dict).events | default dict }}
+{{- if gt $replicas 1 }}
+{{- range $key, $url := dict "events.queueUrl" .Values.events.queueUrl "config.events.queue_url" (get $configEvents "queue_url") }}
+{{- if $url }}
+{{- fail (printf "%s: with sharding.replicas %d every shard needs a queue of its own (SQS hands each message to one reader); list them in events.queueUrls" $key $replicas) }}
+{{- end }}
+{{- end }}
+{{- if and $urls (ne (len $urls) $replicas) }}
+{{- fail (printf "events.queueUrls: %d queue URLs for sharding.replicas %d; give one per shard, in shard order" (len $urls) $replicas) }}
+{{- end }}
+{{- if $urls }}true{{ end }}
+{{- else if $urls }}
+{{- fail "events.queueUrls: only with sharding.replicas > 1 (one queue per shard); a single replica takes events.queueUrl" }}
+{{- end }}
+{{- end }}
+
+{{/* What the pods' checksum/config annotation hashes: the config, and the queue of each
+     shard when there is one. */}}
+{{- define "iam-key-exporter.configChecksum" -}}
+{{- $doc := include "iam-key-exporter.config" . }}
+{{- if include "iam-key-exporter.queuePerShard" . }}
+{{- $doc = printf "%s\n%s" $doc (toJson .Values.events.queueUrls) }}
+{{- end }}
+{{- $doc | sha256sum }}
 {{- end }}
 
 {{/* The pod template shared by the Deployment and the StatefulSet. */}}
@@ -81,7 +131,7 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
-    checksum/config: {{ include "iam-key-exporter.config" . | sha256sum }}
+    checksum/config: {{ include "iam-key-exporter.configChecksum" . }}
     {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

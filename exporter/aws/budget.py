@@ -1,0 +1,66 @@
+"""The IAM request budget of one account: at most ``aws.max_requests_per_second``
+requests (every attempt, retries included), slowing down by itself while IAM throttles.
+
+IAM's request quota is per account and shared with everything else that calls IAM there
+(Terraform, CI, people). The budget paces requests evenly (no burst: over any window of
+``w`` seconds at most ``w * rate + 1`` requests go out). A throttled answer halves the
+rate, at most once a second (answers to requests already in flight say nothing new);
+the rate then climbs back linearly to the cap over ``RECOVER_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+# Halve on throttling, never below this share of the cap.
+DECREASE = 0.5
+MIN_SHARE = 0.05
+# From the lowered rate back to the cap, linearly, in this many seconds.
+RECOVER_SECONDS = 60.0
+# Throttles within this long of the last decrease do not lower the rate again.
+HOLD_SECONDS = 1.0
+
+# Error codes meaning "slow down" (IAM answers Throttling; the others for other APIs).
+THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded",
+                              "TooManyRequestsException", "RequestThrottled"})
+
+
+class Budget:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.cap = rate
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._next = 0.0  # when the next request may go
+        self._low = rate  # the rate right after the last decrease
+        self._cut_at = -1e18  # when the last decrease happened
+
+    def _rate(self, now: float) -> float:
+        climbed = (now - self._cut_at) / RECOVER_SECONDS * (self.cap - self._low)
+        return min(self.cap, self._low + max(climbed, 0.0))
+
+    def rate(self) -> float:
+        """Requests per second allowed now."""
+        with self._lock:
+            return self._rate(self._clock())
+
+    def acquire(self) -> None:
+        """Blocks until the next request may go out."""
+        with self._lock:
+            now = self._clock()
+            at = max(now, self._next)
+            self._next = at + 1.0 / self._rate(at)
+        if at > now:
+            self._sleep(at - now)
+
+    def throttled(self) -> None:
+        with self._lock:
+            now = self._clock()
+            if now - self._cut_at < HOLD_SECONDS:
+                return
+            self._low = max(self._rate(now) * DECREASE, self.cap * MIN_SHARE)
+            self._cut_at = now
+            # Requests already paced at the old rate are spread out at the new one.
+            self._next = max(self._next, now + 1.0 / self._low)

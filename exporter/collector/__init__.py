@@ -1,0 +1,9 @@
+"""Metric collectors, one class per concern; each ``collect()`` yields prometheus_client
+metric families.
+
+- ``account.AccountCollector``: one account's inventory (per user, per key, per account).
+- ``exporter.ExporterCollector``: the exporter's own health (cycles, errors, AWS calls).
+- ``reload.ReloadState``: the outcome of the last config reload.
+
+A new metric goes into the collector of its concern; ``exporter.metrics`` renders them.
+"""

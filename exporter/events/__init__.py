@@ -1,0 +1,1 @@
+"""CloudTrail events of IAM calls, from SQS: the freshness path (polling is the safety net)."""
