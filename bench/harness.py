@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,10 +98,6 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
     return s[k]
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -23,7 +23,10 @@ IAM (bench/fakeiam.py, its own process) throttles as IAM does: a token bucket pe
                         --before-tree)
 
 Each scenario writes bench/results/<name>.json; summary.json and summary.md hold every row
-and the machine.
+and the machine (summary-<names>.* for a subset given with --only). The scrape daemon (4)
+collects its Organization in the background while 1 and 2 run (they are paced by the
+request budget and leave the CPU idle) and is measured right after them (--no-overlap:
+in its turn).
 """
 
 from __future__ import annotations
@@ -95,6 +98,10 @@ def run_one(b: Bench, key: str) -> None:
     print(f"({time.monotonic() - t:.0f}s)", flush=True)
 
 
+def _load(avg: object) -> str:
+    return " ".join(f"{x:.1f}" for x in avg) if isinstance(avg, tuple | list) else "?"
+
+
 def summary_md(b: Bench, info: dict[str, object]) -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
@@ -102,7 +109,9 @@ def summary_md(b: Bench, info: dict[str, object]) -> str:
     lines = [
         f"Machine: {info['cpus']} CPUs (nproc), {info['cpu_model']}, Python "
         f"{info['python']}; {info['mode']} run of {info['seconds']:.0f} s on "
-        f"{time.strftime('%Y-%m-%d', time.gmtime())}; exporter/aws/budget.py "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}, load average "
+        f"{_load(info['loadavg_at_start'])} at the start, {_load(info['loadavg_at_end'])} "
+        f"at the end; exporter/aws/budget.py "
         f"{'present' if info['budget_module'] else 'absent'}.", "",
         "| scenario | check | measured | target | status |",
         "| --- | --- | --- | --- | --- |"]
@@ -111,7 +120,7 @@ def summary_md(b: Bench, info: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def finish(b: Bench, info: dict[str, object], smoke: bool) -> int:
+def finish(b: Bench, info: dict[str, object], smoke: bool, name: str) -> int:
     print("\n== summary")
     print(harness.table(["scenario", "check", "measured", "target", "result"],
                         [[r.scenario, r.check, r.measured, r.target, r.status]
@@ -119,10 +128,10 @@ def finish(b: Bench, info: dict[str, object], smoke: bool) -> int:
     counts = {s: sum(r.status == s for r in b.rows) for s in ("FAIL", "PASS", "INFO", "SKIP")}
     print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items())
           + f" in {info['seconds']:.0f}s")
-    b.write("summary", {"machine": info, "smoke": smoke, "sizes": dataclasses.asdict(b.sizes),
-                        "rows": [dataclasses.asdict(r) for r in b.rows]})
-    (b.out / "summary.md").write_text(summary_md(b, info))
-    print(f"wrote {b.out / 'summary.md'}")
+    b.write(name, {"machine": info, "smoke": smoke, "sizes": dataclasses.asdict(b.sizes),
+                   "rows": [dataclasses.asdict(r) for r in b.rows]})
+    (b.out / f"{name}.md").write_text(summary_md(b, info))
+    print(f"wrote {b.out / name}.md")
     return 1 if counts["FAIL"] and not smoke else 0
 
 
@@ -158,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     b.rows.sort(key=lambda r: r.scenario.split()[0])  # stable: each scenario's own order
     info["loadavg_at_end"] = os.getloadavg()
     info["seconds"] = time.monotonic() - started
-    return finish(b, info, args.smoke)
+    # A subset does not overwrite the summary of the full set.
+    default = keys == wanted(DEFAULT, None) or keys == wanted(DEFAULT, args.before_tree)
+    name = "summary" if default else "summary-" + "-".join(SCENARIOS[k][0] for k in keys)
+    return finish(b, info, args.smoke, name)
 
 
 if __name__ == "__main__":

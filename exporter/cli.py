@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from exporter import __version__, config, logs, webconfig
+from exporter import __version__, config, logs, validate, webconfig
 from exporter.reload import Reloader
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def _load(args: argparse.Namespace) -> Config:
     cfg = config.load(getattr(args, "config", None))
     overrides: dict[str, object] = {}
     if getattr(args, "listen", None):
-        config.check_listen(args.listen, "--listen")
+        validate.check_listen(args.listen, "--listen")
         overrides["listen"] = args.listen
     if getattr(args, "log_format", None):
         overrides["log_format"] = args.log_format
@@ -127,11 +127,14 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
                 store.set(render())
 
         poller = Poller(cfg, AccountSet(cfg, stats), publish=publish)
-        store = web.Store(render())
+        own = Live(ExporterCollector(lambda: poller.snapshot, stats.counts,
+                                     lambda: poller.cfg.interval_seconds), process=False)
+        store = web.Store(render(), extra=own.render)
+        store.start_refreshing()
+        stops.append(store.stop)
         pollers.append(poller)
         stops.append(poller.stop)
-        live = Live(ExporterCollector(lambda: poller.snapshot, stats.counts,
-                                      lambda: poller.cfg.interval_seconds))
+        live = Live()  # per scrape: process metrics, reload state, events
         if cfg.events.queue_url:
             from exporter.events.consumer import Consumer
 
@@ -169,6 +172,8 @@ def _demo(cfg: Config, web_config: WebConfig | None = None) -> int:
     try:
         demo.use_demo_credentials()
         demo.seed(endpoint)
+        queue_url = demo.events_queue(endpoint)
+        state = demo.write_state(endpoint, queue_url)
         cfg = dataclasses.replace(
             cfg,
             aws=dataclasses.replace(cfg.aws, endpoint_url=endpoint, region="us-east-1"),
@@ -176,14 +181,22 @@ def _demo(cfg: Config, web_config: WebConfig | None = None) -> int:
             # The sample users carry a Team tag: show it as the team label.
             metrics=dataclasses.replace(cfg.metrics,
                                         user_tags=cfg.metrics.user_tags or {"Team": "team"}),
+            events=dataclasses.replace(cfg.events, queue_url=queue_url),
         )
         host, port = cfg.listen.rsplit(":", 1)
         shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
         print(f"iam-key-exporter demo: fake AWS account at {endpoint} with "
               f"{len(demo.SAMPLE_USERS)} sample users; metrics at http://{shown}:{port}/metrics",
               file=sys.stderr, flush=True)
+        if state is not None:
+            print(f"iam-key-exporter demo: see a key change arrive in a second (events, not "
+                  f"the {DEMO_INTERVAL:g} s poll): {sys.executable} -m exporter.demo add-key "
+                  f"alice (creates a key in the fake account and sends its CloudTrail event "
+                  f"to the demo's SQS queue; finds the demo through {state})",
+                  file=sys.stderr, flush=True)
         return _serve(cfg, web_config)
     finally:
+        demo.remove_state()
         server.stop()
 
 

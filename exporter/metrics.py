@@ -139,6 +139,14 @@ class Exposition:
         comp = self._compressor.copy()
         return [self.gzip_head, comp.compress(tail) + comp.flush()]
 
+    def extend(self, data: bytes) -> Exposition:
+        """This exposition with data appended, in both forms (the big part is not
+        compressed again)."""
+        comp = self._compressor.copy()
+        more = comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
+        return Exposition((*self.chunks, data), self.gzip_head + more, comp, self.snapshot,
+                          self.size + len(data))
+
     @property
     def gzipped(self) -> bytes:
         return b"".join(self.gzip_with(b""))

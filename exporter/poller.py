@@ -318,7 +318,8 @@ class Poller:
         interval = self.cfg.interval_seconds * (1 + random.uniform(-JITTER, JITTER))
         self._overrun = took > self.cfg.interval_seconds
         if self._overrun:
-            pause = self.cfg.collection.min_pause_seconds
+            # Never longer than the interval itself: a short interval asked for data often.
+            pause = min(self.cfg.collection.min_pause_seconds, self.cfg.interval_seconds)
             log.warning("collection cycle took longer than interval_seconds; raise "
                         "interval_seconds (or aws.max_requests_per_second)", extra={
                             "took_s": round(took, 1),

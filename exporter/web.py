@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -44,14 +45,44 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 REALM = "iam-key-exporter"
 
 
-class Store:
-    """Holds the current exposition; replaced as one reference, read without locks."""
+# How often the exporter's own families (API and request counters, per account) are
+# rendered again: often enough for counters, and never during a scrape.
+REFRESH_SECONDS = 5.0
 
-    def __init__(self, initial: Exposition) -> None:
-        self.exposition = initial
+
+class Store:
+    """Holds the current exposition, read without locks: the published accounts part,
+    extended with ``extra()`` (the exporter's own families) at each publish and every
+    REFRESH_SECONDS, so that a scrape only appends the few per-scrape families."""
+
+    def __init__(self, initial: Exposition, extra: Callable[[], bytes] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._base = initial
+        self._extra = extra
+        self._stop = threading.Event()
+        self.exposition = initial if extra is None else initial.extend(extra())
 
     def set(self, exposition: Exposition) -> None:
-        self.exposition = exposition
+        with self._lock:
+            self._base = exposition
+            self.exposition = (exposition if self._extra is None
+                               else exposition.extend(self._extra()))
+
+    def refresh(self) -> None:
+        self.set(self._base)
+
+    def start_refreshing(self, every: float = REFRESH_SECONDS) -> None:
+        def loop() -> None:
+            while not self._stop.wait(every):
+                try:
+                    self.refresh()
+                except Exception:  # a bug here must not stop the counters for good
+                    log.exception("rendering the exporter's own metrics failed")
+
+        threading.Thread(target=loop, name="iam-metrics-refresh", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def _qvalue(params: list[str]) -> float:

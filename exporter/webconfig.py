@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # _describe: one wording of a bad value for every config error.
-from exporter.config import ConfigError, _describe, parse_yaml, read_text
+from exporter.yamlfile import ConfigError, _describe, parse_yaml, read_text
 
 TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
     "TLS10": ssl.TLSVersion.TLSv1,

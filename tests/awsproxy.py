@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import re
 import socket
 import threading
 import time
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/[^/]+/[^/]+/([^/]+)/")
 
 # fault → (HTTP status, AWS error code) of the error document it answers with
 ERRORS = {
@@ -56,9 +59,12 @@ class _Handler(BaseHTTPRequestHandler):
         action = params.get("Action", ["?"])[0]
         proxy = self.server
         fault = proxy.fault_for(action, params)
+        if fault is None and proxy.bucket is not None:
+            fault = proxy.bucket.take(self.headers.get("Authorization") or "")
         proxy.record(action, fault)
-        if proxy.latency:
-            time.sleep(proxy.latency)
+        delay = proxy.latencies.get(action, proxy.latency)
+        if delay:
+            time.sleep(delay)
         if fault == "reset":
             self.close_connection = True
             self.connection.close()
@@ -70,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "garbage":  # a 200 that is not the XML AWS sends
             self._reply(200, b"<html>\x00\xff not xml", "text/xml")
             return
-        if fault is not None:
+        if fault is not None and fault != "truncate":
             status, code = ERRORS[fault]
             self._reply(status, ERROR_XML.format(code=code, message=f"injected {fault}")
                         .encode(), "text/xml")
@@ -86,6 +92,16 @@ class _Handler(BaseHTTPRequestHandler):
             data = resp.read()
             if proxy.rewrite is not None:
                 data = proxy.rewrite(action, data)
+            if fault == "truncate":  # the full Content-Length, half the body, then close
+                self.send_response(resp.status)
+                self.send_header("Content-Type", resp.getheader("Content-Type") or "text/xml")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[:len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             self._reply(resp.status, data, resp.getheader("Content-Type") or "text/xml")
         finally:
             conn.close()
@@ -96,6 +112,45 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+class TokenBucket:
+    """IAM's throttling as IAM does it: a token bucket per account (``rate`` tokens a
+    second, at most ``burst`` held); a request finding no token is answered 400
+    Throttling. Only requests signed for ``service`` are limited; every one of them is
+    recorded in ``stamps`` as (monotonic time, account key, throttled).
+
+    The account is told by the access key id in the request's signature (``account_of``
+    maps it to an account; by default each access key id is its own account).
+    """
+
+    def __init__(self, rate: float, burst: float, service: str = "iam",
+                 account_of: Callable[[str], str] | None = None) -> None:
+        self.rate, self.burst, self.service = rate, burst, service
+        self.account_of = account_of or (lambda key_id: key_id)
+        self._lock = threading.Lock()
+        self._tokens: dict[str, tuple[float, float]] = {}  # account → (tokens, at)
+        self.stamps: list[tuple[float, str, bool]] = []
+
+    def take(self, authorization: str) -> str | None:
+        m = CREDENTIAL_RE.search(authorization)
+        if m is None or m.group(2) != self.service:
+            return None
+        account = self.account_of(m.group(1))
+        with self._lock:
+            now = time.monotonic()
+            tokens, at = self._tokens.get(account, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            throttled = tokens < 1.0
+            if not throttled:
+                tokens -= 1.0
+            self._tokens[account] = (tokens, now)
+            self.stamps.append((now, account, throttled))
+        return "throttle" if throttled else None
+
+    def requests(self) -> list[tuple[float, str, bool]]:
+        with self._lock:
+            return list(self.stamps)
 
 
 class AwsProxy(ThreadingHTTPServer):
@@ -114,6 +169,7 @@ class AwsProxy(ThreadingHTTPServer):
         self.fault_budget: int | None = None  # how many more faults to inject; None: no limit
         self.hang_seconds = 5.0
         self.latency = 0.0  # added to every request, like the distance to a real region
+        self.latencies: dict[str, float] = {}  # by action, instead of latency
         # Share of requests that get the fault of mode/modes (seeded: runs are repeatable).
         self.rate = 1.0
         self.rng = random.Random(7)
@@ -122,6 +178,9 @@ class AwsProxy(ThreadingHTTPServer):
         self.rule: Callable[[str, dict[str, list[str]]], str | None] | None = None
         # Rewrites the body of upstream (moto) answers, by action.
         self.rewrite: Callable[[str, bytes], bytes] | None = None
+        # IAM's rate limit (a token bucket per account), applied after mode/modes/rule;
+        # None: no limit. Its throttles are recorded in faults like any other.
+        self.bucket: TokenBucket | None = None
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property

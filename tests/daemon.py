@@ -15,7 +15,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # CONSOLE_SCRIPT: the installed console script, as a user runs it (python -m exporter is
 # tested by test_cli).
-from bench.harness import CONSOLE_SCRIPT, ROOT, free_port, subprocess_env
+from bench.harness import CONSOLE_SCRIPT, ROOT, deep_merge, free_port, subprocess_env
+from tests.helpers import TEST_BUDGET
+
+# Filled in where a test's config leaves them out: a request budget that never slows a
+# test down, and no pause after a cycle that overran a (test-short) interval — a first
+# cycle cut by a 0.8 s deadline is followed at once by the next, not 30 s later.
+DAEMON_DEFAULTS: dict[str, Any] = {"aws": {"max_requests_per_second": TEST_BUDGET},
+                                   "collection": {"min_pause_seconds": 0}}
 
 
 def parse_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -41,7 +48,9 @@ class Daemon:
         self.request_kwargs = dict(request_kwargs or {})
         self.dir = tempfile.mkdtemp(prefix="iamx-")
         self.config_path = Path(self.dir) / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump(cfg))
+        # (the demo's embedded fake account is left as a user would run it)
+        data = cfg if "demo" in args else deep_merge(DAEMON_DEFAULTS, cfg)
+        self.config_path.write_text(yaml.safe_dump(data))
         self.log_path = Path(self.dir) / "stderr.log"
         full_env = subprocess_env({"PYTHONUNBUFFERED": "1", **(env or {})})
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()

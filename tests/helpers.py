@@ -49,8 +49,19 @@ def promtool_check_metrics(text: bytes | str) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=60)
 
 
+# IAM requests per second the tests allow the exporter (aws.max_requests_per_second):
+# far above the default of 10, so that tests making many IAM calls stay fast. Tests of
+# the request budget itself set their own.
+TEST_BUDGET = 1000
+
+
 def make_config(**overrides: Any) -> config.Config:
-    """A Config from nested keyword data, through the real loader (so it is validated)."""
+    """A Config from nested keyword data, through the real loader (so it is validated),
+    with the request budget at TEST_BUDGET unless aws.max_requests_per_second is given."""
+    aws = overrides.get("aws")
+    if aws is None or isinstance(aws, dict):
+        overrides = {**overrides, "aws": {"max_requests_per_second": TEST_BUDGET,
+                                          **(aws or {})}}
     return load_config(overrides)
 
 
@@ -102,7 +113,9 @@ def creds_in(endpoint: str, account_id: str, session: str = "seed") -> dict[str,
 
 
 def daemon_config(endpoint: str, interval: float = 1, **aws: Any) -> dict[str, Any]:
-    """A daemon config against a (proxied) fake AWS: one attempt, short timeouts."""
+    """A daemon config against a (proxied) fake AWS: one attempt, short timeouts, and a
+    request budget (TEST_BUDGET) that never slows a test down."""
     return {"interval_seconds": interval,
             "aws": {"endpoint_url": endpoint, "max_attempts": 1,
-                    "connect_timeout_seconds": 1, "read_timeout_seconds": 3, **aws}}
+                    "connect_timeout_seconds": 1, "read_timeout_seconds": 3,
+                    "max_requests_per_second": TEST_BUDGET, **aws}}

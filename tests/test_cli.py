@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 import exporter
@@ -153,3 +154,61 @@ def test_once_with_no_config_uses_the_standard_aws_environment(iam: Any, moto: s
     s = parse_samples(r.stdout)
     assert sample(s, "iam_user_access_keys", account_id=MOTO_ACCOUNT, user_name="alice",
                   status="Active") == 1
+
+
+# --------------------------------------------------------------------------- Prometheus-style flags
+
+WEB_CONFIG = ROOT / "tests" / "testdata" / "config" / "web-config.yml"  # password "secret"
+
+
+def test_prometheus_style_config_flags_are_aliases(tmp_path: Any) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("interval_seconds: 60\n")
+    r = run_cli("check-config", "--config.file", str(path), "--web.config.file",
+                str(WEB_CONFIG))
+    assert r.returncode == 0, r.stderr
+    eff = yaml.safe_load(r.stdout)
+    assert eff["interval_seconds"] == 60
+    assert eff["web"]["config_file"] == str(WEB_CONFIG)
+
+
+def test_bad_web_listen_address_flag_exits_2(tmp_path: Any) -> None:
+    r = run_cli("--web.listen-address", "nonsense", tmp_path=tmp_path, config={})
+    assert r.returncode == 2
+    assert "--listen" in r.stderr and "nonsense" in r.stderr
+
+
+def test_serve_with_prometheus_style_flags(iam: Any, moto: str, tmp_path: Any) -> None:
+    """--config.file, --web.listen-address and --web.config.file, as Prometheus' own
+    exporters take them, on a real server."""
+    add_user(iam, "alice", ("Active",))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"interval_seconds": 3600, "aws": {"endpoint_url": moto}}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--config.file", str(path),
+             "--web.listen-address", f"127.0.0.1:{port}", "--web.config.file",
+             str(WEB_CONFIG)], cwd=ROOT, env=subprocess_env(), stdout=out,
+            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        assert requests.get(f"{url}/metrics", timeout=5).status_code == 401
+        resp = requests.get(f"{url}/metrics", auth=("prometheus", "secret"), timeout=5)
+        assert resp.status_code == 200
+        s = parse_samples(resp.text)
+        assert sample(s, "iam_user_access_keys", account_id=MOTO_ACCOUNT, user_name="alice",
+                      status="Active") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, log.read_text()

@@ -37,7 +37,7 @@ EXAMPLE = ROOT / "config" / "exporter.yaml"
 DEMO = ROOT / "config" / "demo.yaml"
 CLI_PREFIX = "iam-key-exporter: invalid config: "
 KNOWN_TOP = ("listen, interval_seconds, log_format, log_level, include_self, aws, collection, "
-             "metrics, accounts, organizations, sharding, web")
+             "metrics, accounts, organizations, sharding, events, web")
 ROLE_ARN_EXPECTED = "expected arn:aws:iam::<12-digit account>:role/<name>"
 LISTEN_EXPECTED = "listen: expected HOST:PORT with a port from 1 to 65535"
 ARN_1 = "arn:aws:iam::111111111111:role/iam-key-exporter"
@@ -51,7 +51,8 @@ INVALID: dict[str, str] = {
         f"intervall_seconds: unknown key (known keys: {KNOWN_TOP})",
     "invalid-unknown-nested-key.yml":
         "collection.stratgy: unknown key (known keys: strategy, last_used, concurrency, "
-        "max_parallel_accounts, timeout_seconds, credential_report, users)",
+        "max_parallel_accounts, timeout_seconds, credential_report, users, max_stale_seconds, "
+        "min_pause_seconds)",
     "invalid-unknown-deep-key.yml":
         "collection.credential_report.wait: unknown key (known keys: wait_seconds)",
     "invalid-unknown-account-key.yml":
@@ -168,6 +169,25 @@ INVALID: dict[str, str] = {
     "invalid-listen-no-port.yml": f"{LISTEN_EXPECTED}, got '0.0.0.0'",
     "invalid-listen-ipv6-unbracketed.yml": f"{LISTEN_EXPECTED}, got '::1:9877'",
     "invalid-listen-trailing-newline.yml": f"{LISTEN_EXPECTED}, got '0.0.0.0:9877\\n'",
+    # request budget, staleness, events
+    "invalid-max-requests-per-second-zero.yml":
+        "aws.max_requests_per_second: expected a value from 0.1 to 1000, got 0",
+    "invalid-max-stale-seconds.yml":
+        "collection.max_stale_seconds: expected a value from 60 to 2592000, got 30",
+    "invalid-min-pause-seconds.yml":
+        "collection.min_pause_seconds: expected a number, got '30s'",
+    "invalid-events-queue-url.yml":
+        "events.queue_url: expected an https URL of an SQS queue, got 'iam-key-exporter-events'",
+    "invalid-events-dead-letter-queue-url.yml":
+        "events.dead_letter_queue_url: expected an https URL of an SQS queue, "
+        "got 'sqs://queue/dlq'",
+    "invalid-events-wait-seconds.yml":
+        "events.wait_seconds: expected a value from 0 to 20, got 21",
+    "invalid-events-visibility-timeout.yml":
+        "events.visibility_timeout_seconds: expected a value from 1 to 43200, got 0",
+    "invalid-events-unknown-key.yml":
+        "events.queue: unknown key (known keys: queue_url, wait_seconds, "
+        "visibility_timeout_seconds, dead_letter_queue_url)",
 }
 
 # More variants of the same problems, kept inline (in-process only) so that the fixture
@@ -287,6 +307,15 @@ VALID: dict[str, dict[str, Any]] = {
         "accounts[0].strategy": "list",
         "sharding.total": 4,
         "sharding.index": 2,
+        "aws.max_requests_per_second": 4.5,
+        "collection.max_stale_seconds": 3600.0,
+        "collection.min_pause_seconds": 5.0,
+        "events.queue_url":
+            "https://sqs.us-east-1.amazonaws.com/111111111111/iam-key-exporter-events",
+        "events.wait_seconds": 10,
+        "events.visibility_timeout_seconds": 120,
+        "events.dead_letter_queue_url":
+            "https://sqs.us-east-1.amazonaws.com/111111111111/iam-key-exporter-dlq",
     },
     "valid-accounts.yml": {
         "accounts[0]": config.AccountConfig(
@@ -305,7 +334,8 @@ VALID: dict[str, dict[str, Any]] = {
         "collection.credential_report.wait_seconds": 600.0,
         "collection.concurrency": 8,
         "interval_seconds": 3600.0,
-        "cycle_timeout": 600.0,  # 80 % of the interval, at most 600 s
+        "cycle_timeout": 2880.0,  # 80 % of the interval (no cap: a slow, rate-limited
+        # collection must not be cut short)
         "accounts": (),
     },
     "valid-ipv6-listen.yml": {"listen": "[::1]:9877"},
@@ -466,21 +496,28 @@ def test_empty_documents_give_the_defaults(text: str) -> None:
 def test_defaults() -> None:
     cfg = config.parse("", env={})
     assert cfg.listen == "0.0.0.0:9877" == config.DEFAULT_LISTEN
-    assert cfg.interval_seconds == 300.0
+    assert cfg.interval_seconds == 900.0
     assert (cfg.log_format, cfg.log_level) == ("text", "info")
     assert cfg.aws == config.AwsConfig(region=None, endpoint_url=None, retry_mode="standard",
                                        max_attempts=8, connect_timeout_seconds=5.0,
-                                       read_timeout_seconds=20.0)
+                                       read_timeout_seconds=20.0,
+                                       max_requests_per_second=10.0)
     assert cfg.collection.strategy == "list"
     assert cfg.collection.concurrency == 8
     assert cfg.collection.max_parallel_accounts == 4
     assert cfg.collection.timeout_seconds is None
     assert cfg.collection.credential_report.wait_seconds == 120.0
+    assert cfg.collection.max_stale_seconds == 86400.0
+    assert cfg.collection.min_pause_seconds == 30.0
     assert cfg.accounts == ()
+    # The read-only member role deploy/aws/ ships, not the administrator role.
     assert cfg.organizations == config.OrganizationsConfig(
-        enabled=False, role_name="OrganizationAccountAccessRole")
+        enabled=False, role_name="iam-key-exporter-member")
+    assert cfg.events == config.EventsConfig(
+        queue_url=None, wait_seconds=20, visibility_timeout_seconds=60,
+        dead_letter_queue_url=None)
     assert (cfg.web.threads, cfg.web.shutdown_grace_seconds) == (8, 8.0)
-    assert cfg.cycle_timeout == 240.0
+    assert cfg.cycle_timeout == 720.0
 
 
 def test_integers_become_floats_for_number_keys() -> None:
@@ -490,7 +527,7 @@ def test_integers_become_floats_for_number_keys() -> None:
 
 
 @pytest.mark.parametrize(("interval", "timeout", "want"), [
-    (300, None, 240.0), (1, None, 0.8), (3600, None, 600.0), (60, 5, 5.0), (60, 120, 120.0)])
+    (300, None, 240.0), (1, None, 0.8), (3600, None, 2880.0), (60, 5, 5.0), (60, 120, 120.0)])
 def test_cycle_timeout(interval: float, timeout: float | None, want: float) -> None:
     cfg = config.parse(yaml.safe_dump({"interval_seconds": interval,
                                        "collection": {"timeout_seconds": timeout}}), env={})
@@ -539,6 +576,9 @@ ENV_GOOD: dict[str, tuple[str, str, Any]] = {
     "IAM_KEY_EXPORTER_CONCURRENCY": ("3", "collection.concurrency", 3),
     "IAM_KEY_EXPORTER_SHARD_TOTAL": ("8", "sharding.total", 8),
     "IAM_KEY_EXPORTER_SHARD_INDEX": ("1", "sharding.index", 1),
+    "IAM_KEY_EXPORTER_EVENTS_QUEUE_URL": (
+        "https://sqs.us-east-1.amazonaws.com/111111111111/iam-events", "events.queue_url",
+        "https://sqs.us-east-1.amazonaws.com/111111111111/iam-events"),
 }
 
 # Variable → (value, the error before " (set by environment variable VAR)").
@@ -556,6 +596,9 @@ ENV_BAD: dict[str, tuple[str, str]] = {
     "IAM_KEY_EXPORTER_SHARD_TOTAL":
         ("0", "sharding.total: expected a value from 1 to 1000, got 0"),
     "IAM_KEY_EXPORTER_SHARD_INDEX": ("x", "sharding.index: expected an integer, got 'x'"),
+    "IAM_KEY_EXPORTER_EVENTS_QUEUE_URL": (
+        "iam-events", "events.queue_url: expected an https URL of an SQS queue, "
+        "got 'iam-events'"),
 }
 
 
@@ -854,6 +897,11 @@ def _accounts_example(text: str) -> str:
     return "\n".join(block)
 
 
+def _num(x: float) -> str:
+    """A range bound as the example config writes it: 0.1, 60, 2592000."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def test_example_config_is_all_defaults() -> None:
     assert config.load(str(EXAMPLE), env={}) == Config()
 
@@ -877,7 +925,7 @@ def test_example_config_documents_every_key() -> None:
         if typing.get_origin(tp) is typing.Literal:
             assert " | ".join(typing.get_args(tp)) in doc, path
         if "min" in f.metadata:
-            assert f"{f.metadata['min']:g} to {f.metadata['max']:g}" in doc, path
+            assert f"{_num(f.metadata['min'])} to {_num(f.metadata['max'])}" in doc, path
 
 
 def test_example_config_shows_an_account_entry() -> None:

@@ -7,6 +7,7 @@ botocore's Stubber on a real client, the parser against fixtures and built CSV t
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import os
@@ -15,7 +16,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from hypothesis import HealthCheck, given, settings
@@ -595,12 +598,41 @@ def test_fetch_invalid_content_is_not_retried(client: Any, stub: Stubber) -> Non
 
 
 # ---------------------------------------------------------------------------------------
-# The download, parsed straight from GetCredentialReport's body (botocore's before-parse)
+# The download through botocore's own HTTP answer parsing (a real client, canned bodies)
 
 
-def _xml(content_b64: bytes) -> bytes:
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+def _http_client(report_xml: bytes) -> Any:
+    """An IAM client whose GenerateCredentialReport answers COMPLETE and whose
+    GetCredentialReport answers report_xml, parsed by botocore as a real answer."""
+    iam = boto3.client("iam", region_name="us-east-1", aws_access_key_id="x",
+                       aws_secret_access_key="x")
+
+    def send(request: Any, event_name: str, **_: Any) -> AWSResponse:
+        if event_name.endswith(".GenerateCredentialReport"):
+            body = (b'<GenerateCredentialReportResponse xmlns="https://iam.amazonaws.com/'
+                    b'doc/2010-05-08/"><GenerateCredentialReportResult><State>COMPLETE'
+                    b"</State></GenerateCredentialReportResult>"
+                    b"</GenerateCredentialReportResponse>")
+        else:
+            body = report_xml
+        return AWSResponse(request.url, 200, {"Content-Type": "text/xml"}, _Raw(body))
+
+    iam.meta.events.register("before-send.iam", send)
+    return iam
+
+
+def _xml(content_b64: bytes | None) -> bytes:
+    content = b"" if content_b64 is None else b"<Content>" + content_b64 + b"</Content>"
     return (b'<GetCredentialReportResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
-            b"<GetCredentialReportResult><Content>" + content_b64 + b"</Content>"
+            b"<GetCredentialReportResult>" + content +
             b"<ReportFormat>text/csv</ReportFormat>"
             b"<GeneratedTime>2026-11-28T01:00:00Z</GeneratedTime>"
             b"</GetCredentialReportResult></GetCredentialReportResponse>")
@@ -622,33 +654,27 @@ def _big_csv(users: int) -> bytes:
 
 
 @pytest.mark.parametrize("wrap", [False, True])
-def test_report_is_parsed_from_the_body_a_slice_at_a_time(wrap: bool) -> None:
-    import base64
-
-    raw = _big_csv(3000)  # ~700 KB of base64: many slices
+def test_report_is_parsed_from_botocores_answer(wrap: bool) -> None:
+    raw = _big_csv(3000)
     b64 = base64.encodebytes(raw) if wrap else base64.b64encode(raw)  # line breaks or not
-    response = {"status_code": 200, "body": _xml(b64)}
-    custom: dict[str, Any] = {}
-    credential_report._parse_in_place(response_dict=response, customized_response_dict=custom)
-    got = custom[credential_report._PARSED]
-    assert got == parse(raw)
-    assert len(got.users) == 3000 and got.users[0].path == "/team/"
-    assert b"<Content>" not in response["body"]  # botocore now parses a small document
+    report = credential_report.fetch(_http_client(_xml(b64)), 120, Deadline(600))
+    assert report == parse(raw, report.generated)
+    assert len(report.users) == 3000 and report.users[0].path == "/team/"
+    assert report.generated == utc("2026-11-28T01:00:00+00:00")
 
 
-def test_report_body_with_bad_base64_is_invalid() -> None:
-    response = {"status_code": 200, "body": _xml(b"QUJD!!")}
-    custom: dict[str, Any] = {}
-    credential_report._parse_in_place(response_dict=response, customized_response_dict=custom)
-    err = custom[credential_report._FAILED]
-    assert isinstance(err, CredentialReportError) and err.code == "CredentialReportInvalid"
-    with pytest.raises(CredentialReportError):
-        credential_report._report_of(custom)
+@pytest.mark.parametrize("content", [b"", None, b"QUJD!!"], ids=["empty", "missing", "bad"])
+def test_report_without_readable_content_is_invalid(content: bytes | None) -> None:
+    """AWS always sends at least the header row: an answer without a readable report
+    must fail loudly, never read as an account without users."""
+    with pytest.raises(CredentialReportError) as info:
+        credential_report.fetch(_http_client(_xml(content)), 120, Deadline(600))
+    assert info.value.code == "CredentialReportInvalid"
 
 
-def test_error_answers_are_left_to_botocore() -> None:
-    body = b"<ErrorResponse><Error><Code>ReportNotPresent</Code></Error></ErrorResponse>"
-    response = {"status_code": 410, "body": body}
-    custom: dict[str, Any] = {}
-    credential_report._parse_in_place(response_dict=response, customized_response_dict=custom)
-    assert custom == {} and response["body"] == body
+def test_report_without_content_from_the_stub_is_invalid(client: Any, stub: Stubber) -> None:
+    generate(stub, "COMPLETE")
+    stub.add_response("get_credential_report", {"ReportFormat": "text/csv"}, {})
+    with pytest.raises(CredentialReportError) as info:
+        credential_report.fetch(client, 120, Deadline(600), sleep=Sleeps())
+    assert info.value.code == "CredentialReportInvalid"

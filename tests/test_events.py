@@ -1,8 +1,8 @@
 """The event path against moto's SQS and IAM (the shared moto server), in process:
 
 queue (+ dead-letter queue, redrive after 2 receives) → Consumer → re-read from IAM →
-Poller.apply. An AwsProxy in front of moto counts the IAM calls and injects faults.
-Short long polls (1 s) and visibility timeouts (1 s) keep it fast.
+Poller.apply. An AwsProxy in front of moto injects faults; the exporter's own ApiStats
+count its IAM calls. Short long polls (1 s) and visibility timeouts (1 s) keep it fast.
 """
 
 from __future__ import annotations
@@ -14,41 +14,30 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.aws.accounts import AccountSet
 from exporter.aws.errors import Deadline
 from exporter.aws.session import ApiStats, Target
-from exporter.config import Config
-from exporter.events.consumer import Consumer
 from exporter.inventory import AccessKey, AccountInventory, User
 from exporter.poller import Poller
 from tests.awsproxy import AwsProxy
-from tests.daemon import parse_samples, sample
-from tests.events_helpers import Queues, body, make_queues, wait_until
+from tests.daemon import sample
+from tests.events_helpers import (
+    Queues,
+    Runner,
+    body,
+    keys,
+    make_queues,
+    metrics,
+    results,
+    served,
+    settled,
+    the,
+    wait_until,
+)
 from tests.helpers import MOTO_ACCOUNT, add_user, aws, creds_in, make_config
 
 A = MOTO_ACCOUNT
 MEMBER = "444455556666"
-# IAM actions of a full cycle of the list strategy without last-used dates.
-IAM_ACTIONS = {"GetUser", "ListAccessKeys", "ListUsers", "GetAccountAuthorizationDetails",
-               "GetAccountSummary", "AssumeRole", "GetCallerIdentity"}
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def config(endpoint: str, queues: Queues, **extra: Any) -> Config:
-    return make_config(**merge({
-        "aws": {"endpoint_url": endpoint, "max_attempts": 1},
-        "collection": {"last_used": "off"},
-        "events": {"queue_url": queues.url, "wait_seconds": 1,
-                   "visibility_timeout_seconds": 1},
-    }, extra))
 
 
 @pytest.fixture
@@ -59,75 +48,18 @@ def queues(moto: str, aws_env: dict[str, str]) -> Queues:
 
 
 @pytest.fixture
-def run(proxy: AwsProxy, queues: Queues) -> Iterator[Callable[..., tuple[Poller, Consumer]]]:
-    """Builds a poller (first cycle done) and its consumer; started unless start=False."""
-    consumers: list[Consumer] = []
-
-    def build(start: bool = True, **extra: Any) -> tuple[Poller, Consumer]:
-        cfg = config(proxy.url, queues, **extra)
-        poller = Poller(cfg, AccountSet(cfg, ApiStats()))
-        snap = poller.run_cycle()
-        assert all(a.success for a in snap.accounts), snap.accounts
-        consumer = Consumer(cfg, poller, dead_letter_every=0.5)
-        consumers.append(consumer)
-        if start:
-            consumer.start()
-        return poller, consumer
-
-    yield build
-    for c in consumers:
+def run(proxy: AwsProxy, queues: Queues) -> Iterator[Runner]:
+    runner = Runner(proxy, queues)
+    yield runner
+    for c in runner.consumers:
         c.stop(timeout=0)
-
-
-def keys(poller: Poller, user: str, account: str = A) -> dict[str, int] | None:
-    """{status: keys} of the user as served, None when it is not served."""
-    for st in poller.snapshot.accounts:
-        if st.account_id == account and st.inventory is not None:
-            for u in st.inventory.users:
-                if u.name == user:
-                    return {s: u.count(s) for s in ("Active", "Inactive") if u.count(s)}
-    return None
-
-
-def served(poller: Poller, user: str, account: str = A) -> User | None:
-    for st in poller.snapshot.accounts:
-        if st.account_id == account and st.inventory is not None:
-            for u in st.inventory.users:
-                if u.name == user:
-                    return u
-    return None
-
-
-def the(poller: Poller, user: str) -> User:
-    u = served(poller, user)
-    assert u is not None, f"{user} is not served"
-    return u
-
-
-def results(c: Consumer) -> dict[str, int]:
-    return {r: c.stats.count(r) for r in ("applied", "ignored", "invalid", "failed")}
-
-
-def settled(c: Consumer, queues: Queues, **want: int) -> Callable[[], bool]:
-    """The consumer counted at least these results and the queue is empty."""
-    return lambda: all(c.stats.count(r) >= n for r, n in want.items()) and not queues.depth()
-
-
-def iam_calls(proxy: AwsProxy) -> dict[str, int]:
-    return {a: n for a, n in proxy.counts().items() if a in IAM_ACTIONS}
-
-
-def metrics(c: Consumer) -> dict[Any, float]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(c.stats)
-    return parse_samples(generate_latest(registry).decode())
 
 
 # --- every event kind ------------------------------------------------------------------
 
 
-def test_every_handled_event_kind_reaches_the_inventory(iam: Any, proxy: AwsProxy,
-                                                        queues: Queues, run: Any) -> None:
+def test_every_handled_event_kind_reaches_the_inventory(
+        iam: Any, queues: Queues, run: Runner) -> None:
     [first] = add_user(iam, "alice", ("Active",), tags={"Team": "payments"})
     poller, consumer = run(metrics={"user_tags": {"Team": "team"}})
     assert keys(poller, "alice") == {"Active": 1}
@@ -176,7 +108,7 @@ def test_every_handled_event_kind_reaches_the_inventory(iam: Any, proxy: AwsProx
 
 
 @pytest.mark.parametrize("event", ["CreateAccessKey", "UpdateAccessKey", "DeleteAccessKey"])
-def test_self_service_shapes_name_the_caller(iam: Any, moto: str, queues: Queues, run: Any,
+def test_self_service_shapes_name_the_caller(iam: Any, moto: str, queues: Queues, run: Runner,
                                              event: str) -> None:
     """A user acting on its own keys: the request names no user."""
     add_user(iam, "carol")
@@ -205,44 +137,44 @@ def test_self_service_shapes_name_the_caller(iam: Any, moto: str, queues: Queues
 
 
 def test_member_account_event_is_applied_there(moto: str, aws_env: dict[str, str],
-                                               proxy: AwsProxy, queues: Queues,
-                                               run: Any) -> None:
+                                               queues: Queues,
+                                               run: Runner) -> None:
     member = aws("iam", moto, creds_in(moto, MEMBER))
     add_user(member, "mallory", ("Active",))
     poller, consumer = run(accounts=[{"role_arn": f"arn:aws:iam::{MEMBER}:role/x"}])
     assert keys(poller, "mallory", MEMBER) == {"Active": 1}
     member.create_access_key(UserName="mallory")
-    proxy.actions.clear()
+    before = run.iam_calls()
     queues.send(body("CreateAccessKey", "mallory", account=MEMBER))
     wait_until(lambda: keys(poller, "mallory", MEMBER) == {"Active": 2})
     wait_until(settled(consumer, queues, applied=1))
-    # One call, in the member account (its role's session is reused: no AssumeRole).
-    assert iam_calls(proxy) == {"ListAccessKeys": 1}
+    # One call, in the member account.
+    assert run.iam_calls() - before == {"ListAccessKeys": 1}
 
 
-def test_unwatched_account_costs_no_iam_call_and_is_deleted(iam: Any, proxy: AwsProxy,
-                                                             queues: Queues, run: Any) -> None:
+def test_unwatched_account_costs_no_iam_call_and_is_deleted(
+        iam: Any, queues: Queues, run: Runner) -> None:
     add_user(iam, "alice", ("Active",))
     _poller, consumer = run()
-    proxy.actions.clear()
+    before = run.iam_calls()
     queues.send(body("CreateAccessKey", "alice", account="999988887777"),
                 body("DeleteUser", "zed", account="999988887777"))
     wait_until(settled(consumer, queues, ignored=2))
-    assert iam_calls(proxy) == {}
+    assert run.iam_calls() - before == {}
     assert results(consumer) == {"applied": 0, "ignored": 2, "invalid": 0, "failed": 0}
     assert queues.depth(queues.dlq_url) == 0
 
 
-def test_events_that_need_nothing_cost_nothing(iam: Any, proxy: AwsProxy, queues: Queues,
-                                               run: Any) -> None:
+def test_events_that_need_nothing_cost_nothing(iam: Any, queues: Queues,
+                                               run: Runner) -> None:
     add_user(iam, "alice", ("Active",))
     poller, consumer = run(collection={"users": {"exclude_names": ["svc-.*"]}})
-    proxy.actions.clear()
+    before = run.iam_calls()
     queues.send(body("AttachUserPolicy", "alice"),
                 body("CreateAccessKey", "alice", error="LimitExceeded"),
                 json.dumps({"source": "aws.s3", "detail-type": "Object Created"}))
     wait_until(settled(consumer, queues, ignored=3))
-    assert iam_calls(proxy) == {}
+    assert run.iam_calls() - before == {}
     # A user outside collection.users: read (to know its path), not exported.
     add_user(iam, "svc-build", ("Active",))
     queues.send(body("CreateUser", "svc-build"))
@@ -254,8 +186,8 @@ def test_events_that_need_nothing_cost_nothing(iam: Any, proxy: AwsProxy, queues
 # --- duplicates and bursts -------------------------------------------------------------
 
 
-def test_a_burst_of_100_events_for_one_user_is_one_reread(iam: Any, proxy: AwsProxy,
-                                                          queues: Queues, run: Any) -> None:
+def test_a_burst_of_100_events_for_one_user_is_one_reread(
+        iam: Any, queues: Queues, run: Runner) -> None:
     ids = add_user(iam, "alice", ("Active", "Active"))
     # A visibility timeout that outlasts the batch (10 receives, here a few hundred ms).
     poller, consumer = run(start=False, events={"visibility_timeout_seconds": 10})
@@ -267,18 +199,18 @@ def test_a_burst_of_100_events_for_one_user_is_one_reread(iam: Any, proxy: AwsPr
         kind = ("CreateAccessKey", "UpdateAccessKey", "DeleteAccessKey")[i % 3]
         storm.append(body(kind, "alice", key_id=ids[i % 2], when=time.time() - i))
     queues.send(*storm)
-    proxy.actions.clear()
+    before = run.iam_calls()
     consumer.start()
     wait_until(settled(consumer, queues, applied=100), timeout=20)
     assert keys(poller, "alice") == {"Active": 1, "Inactive": 1}
     assert results(consumer) == {"applied": 100, "ignored": 0, "invalid": 0, "failed": 0}
-    calls = iam_calls(proxy)
+    calls = run.iam_calls() - before
     assert sum(calls.values()) <= 3, calls
     assert calls == {"ListAccessKeys": 1}
 
 
 def test_duplicates_across_batches_come_out_exact(iam: Any, queues: Queues,
-                                                  run: Any) -> None:
+                                                  run: Runner) -> None:
     add_user(iam, "alice", ("Active",))
     poller, consumer = run()
     iam.create_access_key(UserName="alice")
@@ -294,7 +226,7 @@ def test_duplicates_across_batches_come_out_exact(iam: Any, queues: Queues,
 
 
 def test_malformed_bodies_go_to_the_dead_letter_queue(iam: Any, queues: Queues,
-                                                      run: Any) -> None:
+                                                      run: Runner) -> None:
     add_user(iam, "alice", ("Active",))
     poller, consumer = run()
     bad = ["not json", json.dumps({"source": "aws.iam", "detail-type": 5}),
@@ -315,7 +247,7 @@ def test_malformed_bodies_go_to_the_dead_letter_queue(iam: Any, queues: Queues,
 
 
 def test_a_throttled_reread_is_retried_and_nothing_is_lost(iam: Any, proxy: AwsProxy,
-                                                           queues: Queues, run: Any) -> None:
+                                                           queues: Queues, run: Runner) -> None:
     add_user(iam, "alice", ("Active",))
     poller, consumer = run()
     iam.create_access_key(UserName="alice")
@@ -331,8 +263,23 @@ def test_a_throttled_reread_is_retried_and_nothing_is_lost(iam: Any, proxy: AwsP
     assert proxy.faults["ListAccessKeys"] == 1
 
 
+def test_without_get_user_key_events_of_known_users_still_apply(
+        iam: Any, proxy: AwsProxy, queues: Queues, run: Runner) -> None:
+    add_user(iam, "alice", ("Active",))
+    poller, consumer = run()
+    proxy.modes["GetUser"] = "deny"  # a role from before iam:GetUser was in the policy
+    iam.create_access_key(UserName="alice")
+    add_user(iam, "newbie", ("Active",))
+    queues.send(body("TagUser", "alice"), body("CreateUser", "newbie"))
+    wait_until(lambda: keys(poller, "alice") == {"Active": 2})
+    # An unknown user cannot be read without it: left for a retry (and the next cycle).
+    wait_until(lambda: consumer.stats.count("failed") >= 1)
+    assert served(poller, "newbie") is None
+    assert consumer.stats.count("applied") == 1
+
+
 def test_sqs_unreachable_then_back(iam: Any, proxy: AwsProxy, queues: Queues,
-                                   run: Any) -> None:
+                                   run: Runner) -> None:
     add_user(iam, "alice", ("Active",))
     poller, consumer = run()
     wait_until(lambda: consumer.stats.queue_up is True)
@@ -353,7 +300,7 @@ def test_sqs_unreachable_then_back(iam: Any, proxy: AwsProxy, queues: Queues,
 
 
 def test_stop_does_not_wait_for_a_long_poll(iam: Any, proxy: AwsProxy, queues: Queues,
-                                            run: Any) -> None:
+                                            run: Runner) -> None:
     add_user(iam, "alice")
     _poller, consumer = run(events={"wait_seconds": 20})
     wait_until(lambda: consumer.stats.queue_up is not None or proxy.counts()["?"] >= 2)
@@ -366,7 +313,7 @@ def test_stop_does_not_wait_for_a_long_poll(iam: Any, proxy: AwsProxy, queues: Q
 
 
 def test_credential_report_users_keep_the_reports_shape(iam: Any, queues: Queues,
-                                                        run: Any) -> None:
+                                                        run: Runner) -> None:
     """With the credential report, keys have slots, not ids: an event keeps them so
     (no series changes labels between an event and the next cycle)."""
     add_user(iam, "alice", ("Active",))

@@ -274,16 +274,30 @@ def test_access_denied_on_account_summary_is_a_visible_gap(
                   operation="GetAccountSummary", code="AccessDenied") is None
 
 
-def test_access_denied_on_one_users_keys_fails_the_account_not_the_counts(
+def test_access_denied_on_one_users_keys_exports_the_others(
         iam: Any, proxy: AwsProxy, start: Callable[..., Daemon]) -> None:
-    """A partial key list would be a wrong count: the account fails and keeps its last
-    good data instead."""
+    """A permission boundary or SCP protecting one user: the others stay exact and fresh,
+    that user keeps its last known keys, marked by iam_user_unread, and the account
+    still succeeds."""
     seed(iam)
     d = start(interval=1)
     d.wait_ready()
     proxy.rule = lambda action, p: ("deny" if action == "ListAccessKeys"
                                     and p.get("UserName") == ["bob"] else None)
-    assert_fails_cleanly_and_recovers(d, proxy, "AccessDenied")
+    unread = {"account_id": A, "user_name": "bob", "reason": "AccessDenied"}
+    s = d.wait_for(lambda s: sample(s, "iam_user_unread", **unread) == 1)
+    assert success(s) == 1
+    assert keys(s, "bob") == 2  # the last known keys
+    assert sample(s, "iam_account_unread_users", account_id=A) == 1
+    iam.update_access_key(UserName="alice", Status="Inactive", AccessKeyId=iam.list_access_keys(
+        UserName="alice")["AccessKeyMetadata"][0]["AccessKeyId"])
+    s = d.wait_for(lambda s: keys(s, "alice") == 0)  # the others stay fresh
+    assert (keys(s, "alice", "Inactive"), keys(s, "carol")) == (1, 1)
+    assert sample(s, "iam_user_unread", **unread) == 1 and success(s) == 1
+    proxy.rule = None
+    s = d.wait_for(lambda s: sample(s, "iam_user_unread", **unread) is None)
+    assert sample(s, "iam_account_unread_users", account_id=A) == 0
+    assert keys(s, "bob") == 2
 
 
 # --------------------------------------------------------------------------- data faults

@@ -352,6 +352,30 @@ def test_pod_disruption_budget(rendered: dict[str, list[dict[str, Any]]]) -> Non
 
 
 # --------------------------------------------------------------------------------------
+# Rollouts
+
+
+@pytest.mark.parametrize("case", ["default", "full-values"])
+def test_the_deployment_rolls_without_a_gap(rendered: dict[str, list[dict[str, Any]]],
+                                            case: str) -> None:
+    """The new pod runs next to the old one until it is ready (its first cycle has data),
+    so Prometheus never goes without the exporter's series during a rollout."""
+    w = workload(rendered[case])
+    assert w["kind"] == "Deployment"
+    assert w["spec"]["replicas"] == 1
+    assert w["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert container(rendered[case])["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_the_statefulset_replaces_one_shard_at_a_time(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    sts = workload(rendered["sharded-values"])
+    assert sts["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    assert container(rendered["sharded-values"])["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+# --------------------------------------------------------------------------------------
 # Sharding
 
 
@@ -507,7 +531,9 @@ def test_prometheus_rule_applies_value_overrides(
     rules = {r.get("alert"): r for g in groups for r in g["rules"]}
     assert "180 * 86400" in rules["IAMAccessKeyNotRotated"]["expr"]
     assert "IAMAccessKeyUnused" not in rules
-    assert rules["IAMUserMultipleActiveAccessKeys"]["for"] == "48h"
+    assert rules["IAMAccessKeyNotRotated"]["for"] == "24h"
+    assert rules["IAMUserMultipleActiveAccessKeys"]["for"] == "2m"  # a debounce
+    assert all(r["keep_firing_for"] == "15m" for r in rules.values() if r.get("alert"))
     assert rules["IAMUserMultipleActiveAccessKeys"]["labels"]["severity"] == "critical"
     assert all(r["labels"]["team"] == "security" for r in rules.values() if r.get("alert"))
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from exporter import web
+from exporter import server
 from tests.awsproxy import AwsProxy
 from tests.daemon import Daemon, parse_samples, sample
 from tests.helpers import MOTO_ACCOUNT, add_user, iam_client, reset_moto
@@ -119,7 +119,7 @@ def test_too_many_or_too_large_headers_are_rejected(daemon: tuple[Daemon, AwsPro
 def test_slow_clients_time_out_without_blocking_scrapes(
         daemon: tuple[Daemon, AwsProxy]) -> None:
     """Idle connections (more than the worker has threads) and clients that stall
-    mid-request (fewer than its threads) are cut off after web.CLIENT_TIMEOUT, and
+    mid-request (fewer than its threads) are cut off after server.CLIENT_TIMEOUT, and
     scrapes are answered meanwhile."""
     d, _ = daemon
     idle = [socket.create_connection(("127.0.0.1", d.port), timeout=30)
@@ -147,7 +147,7 @@ def test_slow_clients_time_out_without_blocking_scrapes(
                 pass
             assert b"200 OK" not in answer
         took = time.monotonic() - started
-        assert web.CLIENT_TIMEOUT - 1 <= took < web.CLIENT_TIMEOUT + 8, took
+        assert server.CLIENT_TIMEOUT - 1 <= took < server.CLIENT_TIMEOUT + 8, took
     finally:
         for s in idle + stalled:
             s.close()

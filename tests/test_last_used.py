@@ -3,6 +3,7 @@ time, GetAccessKeyLastUsed only for what the report cannot match, answers cached
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from exporter.aws import last_used
@@ -125,19 +126,54 @@ def test_everything_denied_marks_last_used_incomplete(iam: Any, proxy: AwsProxy)
     proxy.modes["GenerateCredentialReport"] = "deny"
     proxy.modes["GetAccessKeyLastUsed"] = "deny"
     inv, _ = run(proxy)
+    # Those keys have no date: iam_exporter_last_used_complete and the warning say so.
     assert inv.last_used_complete is False
-    assert {w.operation for w in inv.warnings} == {"GetCredentialReport",
-                                                  "GetAccessKeyLastUsed"}
+    assert [str(w) for w in inv.warnings] == ["GetCredentialReport: AccessDenied",
+                                              "GetAccessKeyLastUsed: AccessDenied"]
     assert sum(u.count("Active") for u in inv.users) == 2  # the counts are still exact
+    assert all(k.last_used is None for u in inv.users for k in u.keys)
 
 
-def test_api_mode_asks_every_key_every_cycle(iam: Any, proxy: AwsProxy) -> None:
+def test_one_denied_last_used_keeps_the_others_and_the_cache(iam: Any,
+                                                             proxy: AwsProxy) -> None:
+    """One GetAccessKeyLastUsed denied leaves only that key without a date; what was
+    read, this cycle or before (cached), is kept."""
+    seed(iam)
+    ids = {k["AccessKeyId"] for u in ("alice", "bob")
+           for k in iam.list_access_keys(UserName=u)["AccessKeyMetadata"]}
+    bob_key = iam.list_access_keys(UserName="bob")["AccessKeyMetadata"][0]["AccessKeyId"]
+    cfg = make_config(aws={"endpoint_url": proxy.url}, collection={"last_used": "api"})
+    target = Target(cfg, ApiStats())
+    inv, calls = run(proxy, target, last_used="api")
+    assert calls["GetAccessKeyLastUsed"] == 3 and inv.last_used_complete is True
+    add_user(iam, "dave", ("Active",))
+    dave_key = iam.list_access_keys(UserName="dave")["AccessKeyMetadata"][0]["AccessKeyId"]
+    target.last_used_cache.keep_only(ids - {bob_key})  # bob's date is to be read again
+    proxy.rule = lambda action, params: ("deny" if action == "GetAccessKeyLastUsed"
+                                         and params.get("AccessKeyId") == [bob_key]
+                                         else None)
+    inv2, calls2 = run(proxy, target, last_used="api")
+    assert calls2["GetAccessKeyLastUsed"] == 2  # bob's (denied) and dave's (new)
+    assert inv2.last_used_complete is False
+    assert [str(w) for w in inv2.warnings] == ["GetAccessKeyLastUsed: AccessDenied"]
+    counts = {u.name: (u.count("Active"), u.count("Inactive")) for u in inv2.users}
+    assert counts == {"alice": (1, 1), "bob": (1, 0), "carol": (0, 0), "dave": (1, 0)}
+    assert {k.key_id for u in inv2.users for k in u.keys} == ids | {dave_key}
+    now = time.time()
+    assert target.last_used_cache.get(bob_key, now) is None  # a failure is not cached
+    assert target.last_used_cache.get(dave_key, now) is not None  # read and kept
+    assert all(target.last_used_cache.get(k, now) is not None for k in ids - {bob_key})
+
+
+def test_api_mode_asks_each_key_once_then_the_cache(iam: Any, proxy: AwsProxy) -> None:
+    """api mode is live for a key's first cycle, then reuses the answer (up to
+    last_used.CACHE_SECONDS), like the report's fallback."""
     seed(iam)
     cfg = make_config(aws={"endpoint_url": proxy.url}, collection={"last_used": "api"})
     target = Target(cfg, ApiStats())
-    for _ in range(2):
+    for want in (3, 0):
         inv, calls = run(proxy, target, last_used="api")
-        assert calls["GetAccessKeyLastUsed"] == 3
+        assert calls.get("GetAccessKeyLastUsed", 0) == want
         assert not REPORT_CALLS & set(calls)
         assert inv.last_used_complete is True
 

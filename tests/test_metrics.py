@@ -12,16 +12,19 @@ with no lint output at all.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import random
 import re
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import exporter
@@ -125,6 +128,10 @@ def golden_input() -> RenderInput:
         errors={(STAGING, "sts", "AssumeRole", "AccessDenied"): 3,
                 (PROD, "iam", "ListAccessKeys", "Throttling"): 2},
         retries={(PROD, "iam", "ListAccessKeys"): 5},
+        requests={(PROD, "ListUsers"): 12, (PROD, "ListAccessKeys"): 65,
+                  (PROD, "GetAccountSummary"): 12},
+        throttles={(PROD, "ListAccessKeys"): 2},
+        budget={PROD: 7.5, STAGING: 10.0},
     )
     return RenderInput(snapshot=snapshot, api=api, interval=300.0,
                        options=MetricsConfig(user_tags={"Team": "team"}))
@@ -133,8 +140,9 @@ def golden_input() -> RenderInput:
 @pytest.fixture
 def fixed_build(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pins the interpreter and package versions that build_info reports."""
-    monkeypatch.setattr("exporter.metrics.platform.python_version", lambda: FIXED_PYTHON)
-    monkeypatch.setattr("exporter.metrics.__version__", FIXED_VERSION)
+    monkeypatch.setattr("exporter.collector.exporter.platform.python_version",
+                        lambda: FIXED_PYTHON)
+    monkeypatch.setattr("exporter.collector.exporter.__version__", FIXED_VERSION)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -220,7 +228,8 @@ def test_golden_file_is_plain_text_without_timestamps() -> None:
 
 
 def test_build_info_reports_real_versions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("exporter.metrics.platform.python_version", lambda: "3.42.1")
+    monkeypatch.setattr("exporter.collector.exporter.platform.python_version",
+                        lambda: "3.42.1")
     got = samples_by_name(render_text(golden_input()))["iam_exporter_build_info"]
     assert got == [({"version": exporter.__version__, "python_version": "3.42.1"}, 1.0)]
 
@@ -504,7 +513,12 @@ def test_random_names_round_trip(users: list[str], accounts: list[str],
 def test_exposition_of_gzip_decompresses_to_body() -> None:
     data = golden_input()
     exp = Exposition.of(data)
-    assert exp.body == metrics.render(data)
+    # The published part is the accounts; the exporter's own families are rendered per
+    # scrape after it, and the two make the whole exposition.
+    tail = generate_latest(metrics.exporter_registry(data))
+    assert exp.body == b"".join(metrics.render_accounts(data))
+    assert exp.body + tail == metrics.render(data)
+    assert exp.size == len(exp.body)
     assert gzip.decompress(exp.gzipped) == exp.body
     assert exp.gzipped[:2] == b"\x1f\x8b" and len(exp.gzipped) < len(exp.body)
     assert exp.snapshot is data.snapshot
@@ -513,26 +527,43 @@ def test_exposition_of_gzip_decompresses_to_body() -> None:
     assert Exposition.of(data).gzipped == exp.gzipped
 
 
+def test_exposition_gzip_with_a_tail_is_one_member() -> None:
+    """curl --compressed reads only the first gzip member: the accounts and the
+    per-scrape tail must be one member, and the compressor is reusable per scrape."""
+    data = golden_input()
+    exp = Exposition.of(data)
+    for tail in (b"# a tail\n", b"", b"x" * 100_000):
+        stream = b"".join(exp.gzip_with(tail))
+        d = zlib.decompressobj(wbits=31)
+        assert d.decompress(stream) == exp.body + tail
+        assert d.eof and d.unused_data == b""
+
+
 def test_exposition_of_empty_snapshot() -> None:
-    exp = Exposition.of(RenderInput(Snapshot(), EMPTY_API, 300))
+    data = RenderInput(Snapshot(), EMPTY_API, 300)
+    exp = Exposition.of(data)
     assert gzip.decompress(exp.gzipped) == exp.body
     assert not exp.snapshot.ready
-    samples = samples_by_name(exp.body.decode())
+    text = metrics.render(data).decode()
+    samples = samples_by_name(text)
     assert "iam_user_access_keys" not in samples
+    assert "iam_user_access_keys" in type_lines(text)  # the family, without samples
     assert samples["iam_exporter_cycles_total"] == [({}, 0.0)]
-    assert_promtool_clean(exp.body)
+    assert_promtool_clean(text)
 
 
-
-def test_large_expositions_keep_only_the_gzip() -> None:
+def test_account_cache_renders_only_changed_accounts() -> None:
     data = golden_input()
-    small = Exposition.of(data)
-    large = Exposition.of(data, plain_limit=100)  # as if past PLAIN_LIMIT
-    assert small.chunks is not None and large.chunks is None
-    assert large.gzipped == small.gzipped
-    assert large.size == small.size == len(small.body)
-    assert large.body == small.body == metrics.render(data)
-    # Served in pieces, never more than PLAIN_PIECE at a time.
-    pieces = list(Exposition.of(data, plain_limit=0).plain())
-    assert b"".join(pieces) == small.body
-    assert all(0 < len(p) <= metrics.PLAIN_PIECE for p in pieces)
+    cache = metrics.AccountCache()
+    first = Exposition.of(data, cache)
+    assert first.body == Exposition.of(data).body
+    prod, staging = data.snapshot.accounts
+    kept = cache.blocks(staging, data.options, data.interval)
+    assert cache.blocks(staging, data.options, data.interval) is kept  # reused
+    changed = dataclasses.replace(prod, duration=9.5)
+    snap = dataclasses.replace(data.snapshot, accounts=(changed, staging))
+    again = Exposition.of(dataclasses.replace(data, snapshot=snap), cache)
+    assert cache.blocks(staging, data.options, data.interval) is kept  # not rendered again
+    assert again.body == Exposition.of(dataclasses.replace(data, snapshot=snap)).body
+    assert b'iam_exporter_collection_duration_seconds{account_id="%s"} 9.5' % PROD.encode() \
+        in again.body

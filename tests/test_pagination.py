@@ -18,7 +18,8 @@ from botocore.stub import Stubber
 
 from exporter.aws import list_strategy
 from exporter.aws.errors import CollectionError, Deadline, DeadlineExceeded
-from exporter.inventory import AccessKey
+from exporter.aws.list_strategy import KeysResult
+from exporter.inventory import AccessKey, User
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 ACCOUNT = "123456789012"
@@ -175,12 +176,17 @@ def test_list_keys_truncated_without_marker_is_invalid_pagination(client: Any,
     assert info.value.code == "InvalidPagination"
 
 
-def test_list_keys_unknown_status_is_invalid_response(client: Any, stub: Stubber) -> None:
-    keys_page(stub, "bob", [key("bob", kid("AKIAB1"), status="Expired")])
-    with pytest.raises(CollectionError) as info:
-        list_strategy.list_keys(client, "bob")
-    assert info.value.code == "InvalidResponse"
-    assert "Expired" in str(info.value)
+def test_list_keys_other_status_is_counted_under_its_status(client: Any,
+                                                            stub: Stubber) -> None:
+    """botocore's model lists Expired: such a key is counted under that status (contract
+    in DESIGN.md), never an error."""
+    keys_page(stub, "bob", [key("bob", kid("AKIAB1"), status="Expired"),
+                            key("bob", kid("AKIAB2"), days=1)])
+    keys = list_strategy.list_keys(client, "bob")
+    assert keys is not None
+    assert [k.status for k in keys] == ["Expired", "Active"]
+    bob = User("bob", keys=keys)
+    assert (bob.count("Active"), bob.count("Inactive"), bob.count("Expired")) == (1, 0, 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,8 +207,10 @@ def test_collect_users_pages_skips_deleted_and_sorts(client: Any, stub: Stubber)
     stub.add_client_error("list_access_keys", service_error_code="NoSuchEntity",
                           http_status_code=404, expected_params={"UserName": "gone"})
 
-    users = list_strategy.collect_users(client, 1, Deadline(60))
+    result = list_strategy.collect_users(client, 1, Deadline(60))
     stub.assert_no_pending_responses()
+    assert result.unread == ()  # a user deleted since ListUsers is left out, not unread
+    users = result.users
 
     assert [u.name for u in users] == ["Mallory", "alice", "bob", "zed"]
     by_name = {u.name: u for u in users}
@@ -217,12 +225,27 @@ def test_collect_users_pages_skips_deleted_and_sorts(client: Any, stub: Stubber)
     assert by_name["zed"].keys == ()
 
 
-def test_collect_users_access_denied_on_keys_fails_the_account(client: Any,
-                                                               stub: Stubber) -> None:
-    users_page(stub, [user("alice"), user("bob")])
+def test_collect_users_access_denied_on_one_users_keys_exports_the_others(
+        client: Any, stub: Stubber) -> None:
+    """A permission boundary or SCP protecting one user: that user is tried once more
+    after the others, then reported unread; the others are exported."""
+    users_page(stub, [user("alice"), user("bob", "/ops/")])
     keys_page(stub, "alice", [key("alice", kid("AKIAA1"))])
-    stub.add_client_error("list_access_keys", service_error_code="AccessDenied",
-                          http_status_code=403, expected_params={"UserName": "bob"})
+    for _ in range(2):  # the first try, then once more after the others
+        stub.add_client_error("list_access_keys", service_error_code="AccessDenied",
+                              http_status_code=403, expected_params={"UserName": "bob"})
+    result = list_strategy.collect_users(client, 1, Deadline(60))
+    stub.assert_no_pending_responses()
+    assert [u.name for u in result.users] == ["alice"]
+    assert result.unread == (("bob", "/ops/", "AccessDenied"),)
+
+
+def test_collect_users_access_denied_for_every_user_fails_the_account(
+        client: Any, stub: Stubber) -> None:
+    users_page(stub, [user("alice"), user("bob")])
+    for name in ("alice", "bob", "alice", "bob"):
+        stub.add_client_error("list_access_keys", service_error_code="AccessDenied",
+                              http_status_code=403, expected_params={"UserName": name})
     with pytest.raises(ClientError) as info:
         list_strategy.collect_users(client, 1, Deadline(60))
     assert info.value.response["Error"]["Code"] == "AccessDenied"
@@ -232,7 +255,8 @@ def test_collect_users_access_denied_on_keys_fails_the_account(client: Any,
 def test_collect_users_invalid_key_pagination_fails_the_account(client: Any,
                                                                 stub: Stubber) -> None:
     users_page(stub, [user("alice")])
-    keys_page(stub, "alice", [key("alice", kid("AKIAA1"))], truncated=True)
+    for _ in range(2):  # the first try, then once more
+        keys_page(stub, "alice", [key("alice", kid("AKIAA1"))], truncated=True)
     with pytest.raises(CollectionError) as info:
         list_strategy.collect_users(client, 1, Deadline(60))
     assert info.value.code == "InvalidPagination"
@@ -250,7 +274,7 @@ def test_collect_users_passed_deadline_makes_no_call(client: Any, stub: Stubber,
 
 def test_collect_users_empty_account(client: Any, stub: Stubber) -> None:
     users_page(stub, [])
-    assert list_strategy.collect_users(client, 4, Deadline(60)) == ()
+    assert list_strategy.collect_users(client, 4, Deadline(60)) == KeysResult((), ())
     stub.assert_no_pending_responses()
 
 
@@ -262,9 +286,12 @@ class FakeIam:
     """Answers ListUsers in one page and ListAccessKeys per user, recording every call."""
 
     def __init__(self, keys: dict[str, list[dict[str, Any]]],
-                 fail: dict[str, str] | None = None) -> None:
+                 fail: dict[str, str] | None = None,
+                 times: dict[str, int] | None = None) -> None:
         self.keys = keys
         self.fail = fail or {}
+        # How many times each failing user fails (absent: always).
+        self.times = dict(times or {})
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
         self.threads: set[str] = set()
@@ -279,7 +306,11 @@ class FakeIam:
             self.calls.append(("ListAccessKeys", kwargs))
             self.threads.add(threading.current_thread().name)
         name = kwargs["UserName"]
-        if name in self.fail:
+        with self.lock:
+            failing = name in self.fail and self.times.get(name, 1) > 0
+            if failing and name in self.times:
+                self.times[name] -= 1
+        if failing:
             code = self.fail[name]
             raise ClientError({"Error": {"Code": code, "Message": code}}, "ListAccessKeys")
         return {"AccessKeyMetadata": self.keys[name], "IsTruncated": False}
@@ -293,7 +324,9 @@ def test_collect_users_concurrent_exact_and_one_call_per_user() -> None:
             for i, n in enumerate(names)}
     keys["gone"] = []
     fake = FakeIam(keys, fail={"gone": "NoSuchEntity"})
-    users = list_strategy.collect_users(fake, 8, Deadline(60))  # type: ignore[arg-type]
+    result = list_strategy.collect_users(fake, 8, Deadline(60))  # type: ignore[arg-type]
+    assert result.unread == ()
+    users = result.users
     assert [u.name for u in users] == sorted(names)
     calls = [c for c in fake.calls if c[0] == "ListAccessKeys"]
     assert sorted(c[1]["UserName"] for c in calls) == sorted([*names, "gone"])
@@ -306,12 +339,43 @@ def test_collect_users_concurrent_exact_and_one_call_per_user() -> None:
     assert all(t.startswith("iam-keys") for t in fake.threads)
 
 
-def test_collect_users_concurrent_failure_raises_the_failure() -> None:
-    keys: dict[str, list[dict[str, Any]]] = {f"u{i}": [] for i in range(50)}
-    fake = FakeIam(keys, fail={"u7": "AccessDenied"})
+def test_collect_users_concurrent_one_failure_is_unread_the_rest_exact() -> None:
+    keys: dict[str, list[dict[str, Any]]] = {
+        f"u{i:02d}": [key(f"u{i:02d}", kid(f"AKIA{i:02d}"))] for i in range(50)}
+    fake = FakeIam(keys, fail={"u07": "AccessDenied"})
+    result = list_strategy.collect_users(fake, 4, Deadline(60))  # type: ignore[arg-type]
+    assert [u.name for u in result.users] == sorted(n for n in keys if n != "u07")
+    assert all(u.count("Active") == 1 for u in result.users)
+    assert result.unread == (("u07", "/", "AccessDenied"),)
+    tries = [c for c in fake.calls if c == ("ListAccessKeys", {"UserName": "u07"})]
+    assert len(tries) == 2  # once with the others, once more after them
+
+
+def test_collect_users_throttled_user_is_read_on_the_second_try() -> None:
+    keys: dict[str, list[dict[str, Any]]] = {
+        f"u{i}": [key(f"u{i}", kid(f"AKIA{i}"))] for i in range(10)}
+    fake = FakeIam(keys, fail={"u3": "Throttling"}, times={"u3": 1})
+    result = list_strategy.collect_users(fake, 4, Deadline(60))  # type: ignore[arg-type]
+    assert [u.name for u in result.users] == sorted(keys)
+    assert result.unread == ()
+
+
+def test_collect_users_every_user_failing_raises_the_failure() -> None:
+    keys: dict[str, list[dict[str, Any]]] = {f"u{i}": [] for i in range(5)}
+    fake = FakeIam(keys, fail=dict.fromkeys(keys, "Throttling"))
     with pytest.raises(ClientError) as info:
         list_strategy.collect_users(fake, 4, Deadline(60))  # type: ignore[arg-type]
-    assert info.value.response["Error"]["Code"] == "AccessDenied"
+    assert info.value.response["Error"]["Code"] == "Throttling"
+
+
+@pytest.mark.parametrize("code", ["ExpiredToken", "InvalidClientTokenId"])
+def test_collect_users_credential_errors_fail_the_account(code: str) -> None:
+    """Credentials are the account's, not one user's: one such error fails it."""
+    keys: dict[str, list[dict[str, Any]]] = {f"u{i}": [] for i in range(20)}
+    fake = FakeIam(keys, fail={"u5": code})
+    with pytest.raises(ClientError) as info:
+        list_strategy.collect_users(fake, 4, Deadline(60))  # type: ignore[arg-type]
+    assert info.value.response["Error"]["Code"] == code
 
 
 # ---------------------------------------------------------------------------------------

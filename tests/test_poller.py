@@ -263,24 +263,3 @@ def test_a_stuck_account_does_not_hide_the_others() -> None:
             ("111111111112", True, None)]
     finally:
         stuck.set()
-
-
-def test_starting_and_finished_run_around_each_cycle_even_a_failed_one() -> None:
-    """The memory housekeeping hooks run once per cycle, before any account is collected
-    and after the snapshot is published."""
-    events: list[str] = []
-    config = make_config()
-
-    def collect(target: Target, cfg: Any, deadline: Deadline) -> AccountInventory:
-        events.append("collect")
-        if len(events) > 3:
-            raise denied()
-        return inventory(1)
-
-    p = Poller(config, [Target(config, ApiStats())], collect=collect,
-               publish=lambda snap: events.append("publish"),
-               starting=lambda: events.append("starting"),
-               finished=lambda: events.append("finished"))
-    p.run_cycle()
-    p.run_cycle()
-    assert events == ["starting", "collect", "publish", "finished"] * 2

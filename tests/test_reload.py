@@ -15,8 +15,9 @@ import pytest
 import requests
 import yaml
 
-from exporter import web
+from exporter import reload, web
 from exporter.config import Config, ConfigError
+from exporter.metrics import Live
 from tests.awsproxy import AwsProxy
 from tests.daemon import Daemon, sample
 from tests.helpers import MOTO_ACCOUNT, add_user, make_config
@@ -155,23 +156,27 @@ class Recorder:
         self.applied.append(cfg)
 
 
+def reload_text(r: reload.Reloader) -> bytes:
+    """The reload state's families, as a scrape renders them."""
+    return Live(r.state, process=False).render()
+
+
 def test_reloader_keeps_restart_only_settings_and_reports(
         caplog: pytest.LogCaptureFixture) -> None:
     old = make_config(listen="0.0.0.0:9877", interval_seconds=60)
     new = make_config(listen="127.0.0.1:1", interval_seconds=30, web={"threads": 2})
     apply = Recorder()
-    r = web.Reloader(lambda: new, old, apply)
+    r = reload.Reloader(lambda: new, old, apply)
     t0 = r.state.success_timestamp
-    assert r.state.exposition.startswith(
-        b"# HELP iam_exporter_config_last_reload_successful ")
-    with caplog.at_level(logging.INFO, logger="exporter.web"):
+    assert reload_text(r).startswith(b"# HELP iam_exporter_config_last_reload_successful ")
+    with caplog.at_level(logging.INFO, logger="exporter.reload"):
         assert r() is True
     applied = apply.applied[0]
     assert applied.interval_seconds == 30
     assert applied.listen == old.listen and applied.web == old.web
     assert r.current is applied
     assert r.state.successful and r.state.success_timestamp >= t0
-    assert b"iam_exporter_config_last_reload_successful 1.0\n" in r.state.exposition
+    assert b"iam_exporter_config_last_reload_successful 1.0\n" in reload_text(r)
     warn = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(warn) == 1 and warn[0].keys == "listen, web.threads"  # type: ignore[attr-defined]
 
@@ -189,13 +194,13 @@ def test_reloader_failure_keeps_the_running_config(
         return dataclasses.replace(old, interval_seconds=5)
 
     apply = Recorder(fail=fail == "apply")
-    r = web.Reloader(load, old, apply)
+    r = reload.Reloader(load, old, apply)
     t0 = r.state.success_timestamp
-    with caplog.at_level(logging.INFO, logger="exporter.web"):
+    with caplog.at_level(logging.INFO, logger="exporter.reload"):
         assert r() is False
     assert r.current is old and apply.applied == []
     assert not r.state.successful and r.state.success_timestamp == t0
-    assert b"iam_exporter_config_last_reload_successful 0.0\n" in r.state.exposition
+    assert b"iam_exporter_config_last_reload_successful 0.0\n" in reload_text(r)
     errors = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is None
 
@@ -219,7 +224,7 @@ def test_reload_metrics_are_served_and_parse(monkeypatch: pytest.MonkeyPatch) ->
     from tests.test_web import exposition
 
     cfg = make_config()
-    r = web.Reloader(lambda: cfg, cfg, Recorder())
+    r = reload.Reloader(lambda: cfg, cfg, Recorder())
     body = Client(web.App(web.Store(exposition(Snapshot())), reloader=r)).get(
         "/metrics").get_data()
     names = [f.name for f in text_string_to_metric_families(body.decode())]

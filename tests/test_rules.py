@@ -30,7 +30,8 @@ ALERT_NAMES = {
     "IAMUserMultipleActiveAccessKeys", "IAMRootAccessKeyPresent", "IAMAccessKeyNotRotated",
     "IAMAccessKeyUnused", "IAMExporterCollectionFailing", "IAMExporterDataStale",
     "IAMExporterDown", "IAMExporterAbsent", "IAMExporterEventsQueueFailing",
-    "IAMExporterEventsDeadLettered",
+    "IAMExporterEventsDeadLettered", "IAMExporterInventoryWithdrawn", "IAMExporterUsersUnread",
+    "IAMExporterIntervalTooShort",
 }
 COMPLIANCE = {
     "IAMUserMultipleActiveAccessKeys": "CIS AWS 1.13",
@@ -115,68 +116,130 @@ def test_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
 # unit-test file must fail against the mutated rules.
 HEADLINE_HISTORY = ("min_over_time((min by (account_id, user_name) (min_over_time("
                     'iam_user_access_keys{status="Active"}[5m])))[4h:5m]) > 1')
-HEADLINE_CREATED = ("time() - max by (account_id, user_name) (iam_access_key_created_"
-                    'timestamp_seconds{status="Active"}) > 4 * 3600')
+HEADLINE_CREATED = """time() - (
+                          max by (account_id, user_name) (iam_access_key_created_timestamp_seconds{status="Active"})
+                        or on (account_id, user_name)
+                          last_over_time((max by (account_id, user_name) (iam_access_key_created_timestamp_seconds{status="Active"}))[20m:1m])
+                      ) > 4 * 3600"""
 HEADLINE_SEEN = ('present_over_time((group by (account_id, user_name) (iam_user_access_keys'
                  '{status="Active"}))[1h:5m] offset 4h)')
 ACCOUNT_SEEN = ("present_over_time((group by (account_id) (iam_account_users_with_multiple_"
                 "active_keys))[1h:5m] offset 4h)")
 MUTATIONS: list[tuple[str, str, str, str] | tuple[str, str, str, str, int]] = [
-    ("exempt users alert", '  iam_user_info{exempt="true"}', '  iam_user_info{exempt="yes"}',
-     "multiple_keys.yaml"),
-    ("inactive keys counted", 'iam_user_access_keys{status="Active"}',
-     "sum without (status) (iam_user_access_keys)", "multiple_keys.yaml", 3),
+    ("exempt users alert", 'iam_user_info{exempt="true"}', 'iam_user_info{exempt="yes"}',
+     "multiple_keys.yaml", 2),
+    ("status filter dropped (inactive keys count)", 'iam_user_access_keys{status="Active"}',
+     "iam_user_access_keys", "multiple_keys.yaml", 8),
     ("per-account alert duplicates per-user ones", """
                 unless on (account_id)
-                  iam_user_access_keys
+                  last_over_time(iam_user_access_keys{status="Active"}[20m])
 """, "\n", "multiple_keys.yaml"),
     ("grace period too short", "> 4 * 3600", "> 3 * 3600", "multiple_keys.yaml"),
-    ("history window too short", "[4h:5m]) > 1", "[3h:5m]) > 1", "multiple_keys.yaml"),
+    ("history window too short", "[4h:5m]) > 1", "[3h:5m]) > 1", "multiple_keys_gaps.yaml"),
     ("history window too short (per account)", "[4h:5m]) > 0", "[3h:5m]) > 0",
-     "multiple_keys.yaml"),
+     "multiple_keys_gaps.yaml"),
     ("history seen for too short", "[1h:5m] offset 4h", "[1h:5m] offset 3h",
      "multiple_keys.yaml", 2),
     ("history sampled at the subquery's points only (fires early)",
      'min_over_time(iam_user_access_keys{status="Active"}[5m])',
-     'iam_user_access_keys{status="Active"}', "multiple_keys.yaml"),
+     'iam_user_access_keys{status="Active"}', "multiple_keys_gaps.yaml"),
     ("reactivated key counted from its creation (no history)",
      f"and on (account_id, user_name)\n                  {HEADLINE_HISTORY}\n", "",
-     "multiple_keys.yaml"),
+     "multiple_keys_gaps.yaml"),
     ("creation times only (blind without metrics.per_key)",
      f"\n                    or on (account_id, user_name)\n                      {HEADLINE_SEEN}",
      "", "multiple_keys.yaml"),
     ("history only (creation times ignored)",
      f"{HEADLINE_CREATED}\n                    or on (account_id, user_name)\n", "",
-     "multiple_keys.yaml"),
+     "multiple_keys_gaps.yaml"),
     ("per-account alert without history",
      f"and on (account_id)\n                  {ACCOUNT_SEEN}\n", "", "multiple_keys.yaml"),
-    ("headline resolves too late", "for: 2m\n        keep_firing_for: 15m\n",
-     "for: 2m\n        keep_firing_for: 30m\n", "multiple_keys.yaml"),
+    ("headline resolves late again (keep_firing_for)", "        for: 2m\n",
+     "        for: 2m\n        keep_firing_for: 15m\n", "multiple_keys_bridge.yaml"),
     ("grace period in for: again", "for: 2m\n", "for: 4h\n", "multiple_keys.yaml"),
+    ("headline count not bridged (a gap resolves the alert)", """
+                    or on (account_id, user_name)
+                      (
+                          last_over_time((max by (account_id, user_name) (iam_user_access_keys{status="Active"}))[20m:1m])
+                        unless on (account_id)
+                          iam_account_watched_users
+                      )
+""", "\n", "multiple_keys_bridge.yaml"),
+    ("a user gone from a served account stays firing for 20 minutes", """
+                        unless on (account_id)
+                          iam_account_watched_users
+""", "\n", "multiple_keys_bridge.yaml"),
+    ("an unread user resolves at once", """
+                    or on (account_id, user_name)
+                      (
+                          last_over_time((max by (account_id, user_name) (iam_user_access_keys{status="Active"}))[20m:1m])
+                        and on (account_id, user_name)
+                          iam_user_unread
+                      )
+""", "\n", "multiple_keys_bridge.yaml"),
+    ("creation times not bridged (the grace period unknown in a gap)", """
+                        or on (account_id, user_name)
+                          last_over_time((max by (account_id, user_name) (iam_access_key_created_timestamp_seconds{status="Active"}))[20m:1m])
+""", "\n", "multiple_keys_bridge.yaml"),
+    ("exemption forgotten in a gap", """
+                    or
+                      (last_over_time(iam_user_info{exempt="true"}[20m]) unless on (account_id, user_name) iam_user_info)
+""", "\n", "multiple_keys_gaps.yaml"),
+    ("team label lost in a gap (a new alert)", """
+                  or on (account_id, user_name)
+                    topk by (account_id, user_name) (1, last_over_time(iam_user_info[20m]))
+""", "\n", "multiple_keys_bridge.yaml", 3),
     ("unguarded team join", """
                   or on (account_id, user_name)
-                    group by (account_id, user_name) (iam_user_access_keys)
+                    group by (account_id, user_name) (last_over_time(iam_user_access_keys{status="Active"}[20m]))
 """, "\n", "multiple_keys.yaml"),
-    ("never-used keys ignored", "(iam_exporter_last_used_complete) == 1)",
-     "(iam_exporter_last_used_complete) == 2)", "key_age.yaml"),
-    ("unknown last use taken as never used", "(iam_exporter_last_used_complete) == 1)",
-     "(iam_exporter_last_used_complete) >= 0)", "key_age.yaml"),
+    ("never-used keys ignored", "(iam_exporter_last_used_complete[20m])) == 1)",
+     "(iam_exporter_last_used_complete[20m])) == 2)", "key_age.yaml"),
+    ("unknown last use taken as never used", "(iam_exporter_last_used_complete[20m])) == 1)",
+     "(iam_exporter_last_used_complete[20m])) >= 0)", "key_age.yaml"),
+    ("one cycle of incomplete last-used data resolves a never-used key",
+     "max_over_time(iam_exporter_last_used_complete[20m])",
+     "last_over_time(iam_exporter_last_used_complete[20m])", "key_age.yaml"),
     ("wrong unused threshold", "> 45 * 86400", "> 50 * 86400", "key_age.yaml"),
     ("wrong rotation threshold", "> 90 * 86400", "> 120 * 86400", "key_age.yaml"),
-    ("inactive keys age", '(iam_access_key_created_timestamp_seconds{status="Active"})\n'
-     "            > 90", "(iam_access_key_created_timestamp_seconds)\n            > 90",
-     "key_age.yaml"),
-    ("root key ignored", "(iam_root_access_keys_present) > 0", "(iam_root_access_keys_present) > 1",
-     "key_age.yaml"),
-    ("stale threshold", "3 * iam_exporter_poll_interval_seconds",
-     "30 * iam_exporter_poll_interval_seconds", "exporter_health.yaml"),
-    ("failing account missed", "(iam_exporter_collection_success == 0)",
-     "(iam_exporter_collection_success < 0)", "exporter_health.yaml"),
-    ("events queue failure missed", "iam_exporter_events_queue_up == 0",
-     "iam_exporter_events_queue_up < 0", "events.yaml"),
-    ("one dead-lettered message ignored", "iam_exporter_events_dead_letter_messages > 0",
-     "iam_exporter_events_dead_letter_messages > 1", "events.yaml"),
+    ("stale threshold", "3 * (", "30 * (", "exporter_health.yaml"),
+    ("down targets of other jobs counted", 'up{job="iam-key-exporter"} == 0)',
+     "up == 0)", "exporter_health.yaml"),
 ]
+# The same, within one alert's expression only (every occurrence there).
+ALERT_MUTATIONS: list[tuple[str, str, str, str, str]] = [
+    ("inactive keys age", "IAMAccessKeyNotRotated",
+     'iam_access_key_created_timestamp_seconds{status="Active"}',
+     "iam_access_key_created_timestamp_seconds", "key_age.yaml"),
+    ("root key ignored", "IAMRootAccessKeyPresent", ") > 0", ") > 1", "key_age.yaml"),
+    ("failing account missed", "IAMExporterCollectionFailing", ") == 0", ") < 0",
+     "exporter_health.yaml"),
+    ("withdrawn inventory missed", "IAMExporterInventoryWithdrawn", ") == 1", ") == 2",
+     "degraded.yaml"),
+    ("withdrawn inventory held after the account recovers", "IAMExporterInventoryWithdrawn",
+     "unless on (account_id)\n    iam_exporter_collection_success", "", "degraded.yaml"),
+    ("unread users missed", "IAMExporterUsersUnread", ") == 1", ") == 2", "degraded.yaml"),
+    ("a user read again held for 20 minutes", "IAMExporterUsersUnread",
+     "unless on (account_id)\n    iam_account_watched_users", "", "degraded.yaml"),
+    ("cycle overrun missed", "IAMExporterIntervalTooShort", ") == 1", ") == 2",
+     "degraded.yaml"),
+    ("cycle overrun alerts too soon", "IAMExporterIntervalTooShort", "for", "for",
+     "degraded.yaml"),
+    ("events queue failure missed", "IAMExporterEventsQueueFailing", ") == 0", ") < 0",
+     "events.yaml"),
+    ("shards merged (one shard's queue hides another's)", "IAMExporterEventsQueueFailing",
+     " * on (job, instance) group_left (shard_index) iam_exporter_shard_info", "",
+     "events.yaml"),
+    ("one dead-lettered message ignored", "IAMExporterEventsDeadLettered", ") > 0", ") > 1",
+     "events.yaml"),
+]
+# keep_firing_for only where the data itself flaps while the problem persists (a target
+# answering for a moment, one good cycle or receive between failures); every other alert
+# bridges gaps from the data and resolves as soon as the data says so.
+KEEP_FIRING_FOR = {"IAMExporterCollectionFailing": "15m", "IAMExporterDown": "15m",
+                   "IAMExporterAbsent": "15m", "IAMExporterEventsQueueFailing": "15m"}
+# The alerts that read the exporter's series (not `up`) bridge a gap from the data.
+BRIDGED = sorted(ALERT_NAMES - {"IAMExporterDown", "IAMExporterAbsent"})
 
 
 def fails_the_unit_tests(tmp_path: Path, rules: str, test_files: list[str]) -> None:
@@ -194,6 +257,18 @@ def fails_the_unit_tests(tmp_path: Path, rules: str, test_files: list[str]) -> N
     assert "FAILED" in r.stdout + r.stderr
 
 
+def with_alert_changed(name: str, change: Any) -> str:
+    """The rules file (re-dumped) with change(rule) applied to the alert `name`."""
+    doc = yaml.safe_load(RULES.read_text())
+    [rule] = [r for g in doc["groups"] for r in g["rules"] if r.get("alert") == name]
+    change(rule)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def tests_of(name: str) -> list[str]:
+    return [p.name for p in RULE_TESTS if f"alertname: {name}\n" in p.read_text()]
+
+
 @pytest.mark.parametrize("mutation", [m[1:] for m in MUTATIONS], ids=[m[0] for m in MUTATIONS])
 def test_a_broken_rule_fails_the_unit_tests(tmp_path: Path, mutation: tuple[Any, ...]) -> None:
     old, new, test_file, count = (*mutation, 1)[:4]
@@ -202,17 +277,41 @@ def test_a_broken_rule_fails_the_unit_tests(tmp_path: Path, mutation: tuple[Any,
     fails_the_unit_tests(tmp_path, text.replace(old, new), [test_file])
 
 
-@pytest.mark.parametrize("name", sorted(ALERT_NAMES))
-def test_every_alert_needs_its_keep_firing_for(tmp_path: Path, name: str) -> None:
-    """Without keep_firing_for, each alert resolves in a scrape gap (or a flap) that its
-    unit tests put in its way."""
-    doc = yaml.safe_load(RULES.read_text())
-    for group in doc["groups"]:
-        for rule in group["rules"]:
-            if rule.get("alert") == name:
-                del rule["keep_firing_for"]
-    fails_the_unit_tests(tmp_path, yaml.safe_dump(doc, sort_keys=False),
-                         [p.name for p in RULE_TESTS])
+@pytest.mark.parametrize("mutation", [m[1:] for m in ALERT_MUTATIONS],
+                         ids=[m[0] for m in ALERT_MUTATIONS])
+def test_a_broken_alert_fails_the_unit_tests(tmp_path: Path,
+                                             mutation: tuple[str, str, str, str]) -> None:
+    name, old, new, test_file = mutation
+
+    def change(rule: dict[str, Any]) -> None:
+        if old == "for":  # the for: period itself
+            rule["for"] = "20m"
+            return
+        # Compare without indentation: the rule's expr as PromQL tokens on one line each.
+        expr = re.sub(r"\n\s+", "\n    ", rule["expr"])
+        assert old in expr, (name, old)
+        rule["expr"] = expr.replace(old, new)
+
+    fails_the_unit_tests(tmp_path, with_alert_changed(name, change), [test_file])
+
+
+@pytest.mark.parametrize("name", sorted(KEEP_FIRING_FOR))
+def test_every_keep_firing_for_is_needed(tmp_path: Path, name: str) -> None:
+    """Without keep_firing_for, each alert that has one resolves and notifies again when
+    its data flaps (a target answering for a moment, one good cycle) in its unit tests."""
+    rules = with_alert_changed(name, lambda rule: rule.pop("keep_firing_for"))
+    fails_the_unit_tests(tmp_path, rules, tests_of(name))
+
+
+@pytest.mark.parametrize("name", BRIDGED)
+def test_every_bridge_is_needed(tmp_path: Path, name: str) -> None:
+    """Without its 20-minute bridge (cut to 1 minute), each alert resolves (or restarts its
+    `for:`) in a scrape gap its unit tests put in its way, keep_firing_for or not."""
+    def change(rule: dict[str, Any]) -> None:
+        assert "[20m" in rule["expr"], name
+        rule["expr"] = rule["expr"].replace("[20m:1m]", "[1m:1m]").replace("[20m]", "[1m]")
+
+    fails_the_unit_tests(tmp_path, with_alert_changed(name, change), tests_of(name))
 
 
 def test_an_invalid_rule_fails_promtool_check(tmp_path: Path) -> None:
@@ -246,10 +345,23 @@ def test_every_alert_has_severity_compliance_and_a_runbook(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ALERT_NAMES))
-def test_every_alert_keeps_firing_across_a_gap(name: str) -> None:
-    """keep_firing_for bridges a 15-minute scrape gap (a rollout) and still lets the
-    headline alert resolve within 20 minutes of the second key going away."""
-    assert alerts()[name]["keep_firing_for"] == "15m"
+def test_gaps_are_bridged_from_the_data_and_keep_firing_for_only_where_data_flaps(
+        name: str) -> None:
+    """Every alert on the exporter's series bridges a scrape gap of up to 20 minutes from
+    the data (`<value now> or last_over_time((<value>)[20m:1m])`), one window everywhere
+    (tests/e2e.py shortens it); keep_firing_for is left where the data flaps, so that the
+    headline alert resolves at the first evaluation after the exporter serves the fix."""
+    rule = alerts()[name]
+    assert rule.get("keep_firing_for") == KEEP_FIRING_FOR.get(name)
+    text = rule["expr"] + "".join(rule["annotations"].values())
+    windows = re.findall(r"\[(\d+[smh])(?::(\d+[smh]))?\]", text)
+    bridges = {w for w in windows if w not in {("5m", ""), ("1h", "")}
+               and w[1] != "5m"}  # the grace period's history and the errors of the hour
+    if name in BRIDGED:
+        assert ("20m", "1m") in bridges and bridges <= {("20m", "1m"), ("20m", "")}, name
+        assert "last_over_time((" in rule["expr"], name
+    else:
+        assert not bridges, (name, bridges)
 
 
 def test_headline_alert_is_per_user_warning_with_a_grace_period() -> None:
@@ -264,7 +376,7 @@ def test_headline_alert_is_per_user_warning_with_a_grace_period() -> None:
     # duration literal (subquery ranges, offsets); the subquery's step equals the range of
     # the minimum it takes, so no sample falls between two points.
     assert re.findall(r"(\d+) \* 3600", expr) == ["4"]
-    assert re.findall(r"\[(\d+h):5m\]", expr) == ["4h", "4h"]
+    assert re.findall(r"\[(\d+h):5m\]\) >", expr) == ["4h", "4h"]
     assert re.findall(r"offset (\d+h)", expr) == ["4h", "4h"]
     assert re.findall(r"\[(\w+)\]\)\)\)\[4h:(\w+)\]", expr) == [("5m", "5m")] * 2
     others = [r["expr"] for n, r in alerts().items() if n != "IAMUserMultipleActiveAccessKeys"]
@@ -285,7 +397,8 @@ def test_day_thresholds_can_be_substituted() -> None:
 
 def test_exporter_target_alerts_use_the_job_name() -> None:
     rules = alerts()
-    assert rules["IAMExporterDown"]["expr"].strip() == 'up{job="iam-key-exporter"} == 0'
+    assert rules["IAMExporterDown"]["expr"].strip() == (
+        'count without (instance, pod) (up{job="iam-key-exporter"} == 0)')
     assert rules["IAMExporterAbsent"]["expr"].strip() == 'absent(up{job="iam-key-exporter"})'
 
 
@@ -320,6 +433,11 @@ def test_alertmanager_example_is_valid() -> None:
      "exporter-operators"),
     ("alertname=IAMExporterEventsQueueFailing severity=warning", "exporter-operators"),
     ("alertname=IAMExporterEventsDeadLettered severity=warning", "exporter-operators"),
+    ("alertname=IAMExporterInventoryWithdrawn severity=warning account_id=111111111111",
+     "exporter-operators"),
+    ("alertname=IAMExporterUsersUnread severity=warning account_id=111111111111 user_name=bob",
+     "exporter-operators"),
+    ("alertname=IAMExporterIntervalTooShort severity=info", "exporter-operators"),
 ])
 def test_alertmanager_routes_by_severity_and_team(labels: str, receiver: str) -> None:
     r = run(require_binary("amtool"), "config", "routes", "test",

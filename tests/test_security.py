@@ -25,6 +25,7 @@ import yaml
 from werkzeug.test import Client
 
 from exporter import cli, web, webconfig
+from exporter.auth import BasicAuth
 from exporter.aws.session import ApiCounts
 from exporter.config import ConfigError
 from exporter.inventory import Snapshot
@@ -338,15 +339,15 @@ def test_basic_auth_accepts_and_caches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_basic_auth_user_change_forgets_remembered_logins() -> None:
-    auth = web.BasicAuth({"prometheus": HASH})
+    basic_auth = BasicAuth({"prometheus": HASH})
     header = basic("prometheus", PASSWORD)["Authorization"]
-    assert auth.check(header)
+    assert basic_auth.check(header)
     other = bcrypt.hashpw(b"new", bcrypt.gensalt(rounds=4)).decode()
-    auth.set_users({"prometheus": other})
-    assert not auth.check(header)
-    assert auth.check(basic("prometheus", "new")["Authorization"])
-    auth.set_users({})
-    assert not auth.enabled and auth.check("")
+    basic_auth.set_users({"prometheus": other})
+    assert not basic_auth.check(header)
+    assert basic_auth.check(basic("prometheus", "new")["Authorization"])
+    basic_auth.set_users({})
+    assert not basic_auth.enabled and basic_auth.check("")
 
 
 # --------------------------------------------------------------------------- secrets

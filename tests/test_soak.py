@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from exporter import web
+from exporter import metrics, web
 from exporter.aws.accounts import AccountSet
 from exporter.aws.errors import Deadline
 from exporter.aws.session import ApiStats, Target
@@ -176,7 +176,7 @@ def test_cycles_against_moto_leave_no_threads_fds_or_series_behind(
         baseline, n_threads, n_fds)
     assert threading.active_count() <= before + 1
     assert rss - baseline[0] < 24 * 2**20, f"RSS grew {(rss - baseline[0]) / 2**20:.1f} MiB"
-    text = Exposition.of(RenderInput(published[-1], stats.counts(), 1, cfg.metrics)).body
+    text = metrics.render(RenderInput(published[-1], stats.counts(), 1, cfg.metrics))
     s = parse_samples(text.decode())
     names = {dict(k[1])["user_name"] for k in s if k[0] == "iam_user_access_keys"}
     assert names == live

@@ -92,7 +92,7 @@ def fixed_tail(monkeypatch: pytest.MonkeyPatch) -> bytes:
     """Makes the per-scrape process metrics deterministic, so two scrapes compare equal."""
     tail = (b"# HELP process_open_fds Number of open file descriptors.\n"
             b"# TYPE process_open_fds gauge\nprocess_open_fds 7.0\n")
-    monkeypatch.setattr(metrics, "process_metrics", lambda: tail)
+    monkeypatch.setattr(metrics.Live, "render", lambda self: tail)
     return tail
 
 
@@ -132,21 +132,8 @@ def test_metrics_serves_the_stored_exposition_exactly(client: Client, store: web
     assert b"222222222222" not in body
 
 
-def test_a_gzip_only_exposition_is_served_plain_too(fixed_tail: bytes) -> None:
-    data = RenderInput(snapshot(), ApiCounts({}, {}, {}), 60.0)
-    big = Exposition.of(data, plain_limit=0)  # as if over metrics.PLAIN_LIMIT
-    assert big.chunks is None
-    client = make_client(web.Store(big), None)
-    resp = client.get("/metrics")
-    assert resp.get_data() == metrics.render(data) + fixed_tail
-    assert_length(resp)
-    resp = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
-    assert gzip.decompress(resp.get_data()) == metrics.render(data) + fixed_tail
-    assert_length(resp)
-
-
-def test_metrics_gzip_is_two_members_of_the_plain_body(client: Client, store: web.Store,
-                                                       fixed_tail: bytes) -> None:
+def test_metrics_gzip_is_one_member_of_the_plain_body(client: Client, store: web.Store,
+                                                     fixed_tail: bytes) -> None:
     plain = client.get("/metrics")
     resp = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
     assert resp.status_code == 200
@@ -155,14 +142,25 @@ def test_metrics_gzip_is_two_members_of_the_plain_body(client: Client, store: we
     assert resp.headers["Content-Type"] == metrics.CONTENT_TYPE
     assert_length(resp)
     data = resp.get_data()
-    assert gzip.decompress(data) == plain.get_data()
-    # First member: the bytes compressed once per cycle; then one small member per scrape.
-    assert data.startswith(store.exposition.gzipped)
-    first = zlib.decompressobj(wbits=31)
-    assert first.decompress(data) == store.exposition.body and first.eof
-    second = zlib.decompressobj(wbits=31)
-    assert second.decompress(first.unused_data) == fixed_tail and second.eof
-    assert second.unused_data == b""
+    assert gzip.decompress(data) == plain.get_data() == store.exposition.body + fixed_tail
+    # ONE member: curl --compressed (and other clients) stop after the first member, so
+    # the per-scrape tail must be inside it, not in a second one.
+    one = zlib.decompressobj(wbits=31)
+    assert one.decompress(data) == plain.get_data()
+    assert one.eof and one.unused_data == b""
+    # The published part was compressed once: the stream starts with those bytes.
+    assert data.startswith(store.exposition.gzip_head)
+
+
+def test_metrics_gzip_every_family_reaches_a_single_member_reader(client: Client,
+                                                                  store: web.Store) -> None:
+    """What curl --compressed sees: the first gzip member holds every family, the
+    accounts' and the per-scrape ones (process metrics) alike."""
+    plain = family_names(client.get("/metrics").get_data())
+    data = client.get("/metrics", headers={"Accept-Encoding": "gzip"}).get_data()
+    first = zlib.decompressobj(wbits=31).decompress(data)
+    assert family_names(first) == family_names(gzip.decompress(data)) == plain
+    assert "iam_user_access_keys" in plain and "process_open_fds" in plain
 
 
 def test_metrics_gzip_with_real_process_tail(client: Client, store: web.Store) -> None:
@@ -338,35 +336,15 @@ def test_accepts_gzip(header: str, expected: bool) -> None:
     assert web.accepts_gzip(header) is expected
 
 
-def test_a_new_exposition_is_rendered_next_to_the_gzip_of_the_old(fixed_tail: bytes) -> None:
+def test_a_new_exposition_is_served_from_the_next_scrape(fixed_tail: bytes) -> None:
     data = RenderInput(snapshot(), ApiCounts({}, {}, {}), 60.0)
     store = web.Store(Exposition.of(data))
     client = make_client(store, None)
-    seen: list[Exposition] = []
-
-    def render() -> Exposition:
-        seen.append(store.exposition)  # what scrapes get while the new one renders
-        assert client.get("/metrics").get_data() == metrics.render(data) + fixed_tail
-        return Exposition.of(data)
-
-    store.replace(render)
-    assert seen[0].chunks is None and seen[0].gzipped  # the old one, plain copy dropped
-    assert store.exposition.chunks is not None  # the new one keeps its plain copy
-
-
-def test_shrink_keeps_only_the_gzip_of_a_large_exposition(
-        fixed_tail: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
-    """While a cycle collects, a large exposition is served from its gzip alone; a
-    small one keeps its plain copy. Both still serve the same bytes."""
-    data = RenderInput(snapshot(), ApiCounts({}, {}, {}), 60.0)
-    small = web.Store(Exposition.of(data))
-    small.shrink()
-    assert small.exposition.chunks is not None
-    monkeypatch.setattr(web, "SHRINK_ABOVE", 0)
-    large = web.Store(Exposition.of(data))
-    large.shrink()
-    assert large.exposition.chunks is None
-    client = make_client(large, None)
-    assert client.get("/metrics").get_data() == metrics.render(data) + fixed_tail
+    assert client.get("/metrics").get_data() == b"".join(metrics.render_accounts(data)) \
+        + fixed_tail
+    newer = RenderInput(Snapshot(accounts=snapshot().accounts[:1], cycles=4,
+                                 completed_at=T0), ApiCounts({}, {}, {}), 60.0)
+    store.set(Exposition.of(newer))
     resp = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
-    assert gzip.decompress(resp.get_data()) == metrics.render(data) + fixed_tail
+    assert gzip.decompress(resp.get_data()) == b"".join(metrics.render_accounts(newer)) \
+        + fixed_tail

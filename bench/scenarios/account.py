@@ -23,10 +23,10 @@ class Case:
     factor: float  # cycle time <= factor x requests / bound rate
 
 
-def account_config(url: str, b: Bench, budget: float, **extra: Any) -> Any:
+def account_config(url: str, b: Bench, budget: float) -> Any:
     z = b.sizes
     return load_config(config_dict(
-        url, concurrency=z.concurrency, **extra,
+        url, concurrency=z.concurrency,
         aws={"max_requests_per_second": budget, "retry_mode": "standard"},
         collection={"timeout_seconds": z.timeout}))
 

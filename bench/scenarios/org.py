@@ -34,13 +34,13 @@ _LAST_SUCCESS = re.compile(
 _SUCCESS = re.compile(rb"^iam_exporter_collection_success\{[^}]*\} 1(?:\.0)?$", re.M)
 
 
-def org_config_dict(url: str, b: Bench, budget: float, **extra: Any) -> dict[str, Any]:
+def org_config_dict(url: str, b: Bench, budget: float) -> dict[str, Any]:
     """The Organization as a static list of roles (the fake's AssumeRole names the
     account in the credentials it returns)."""
     z = b.sizes
     accounts = [{"role_arn": f"arn:aws:iam::{org_account_id(i)}:role/iam-key-exporter"}
                 for i in range(z.org_accounts)]
-    return config_dict(url, concurrency=z.concurrency, accounts=accounts, **extra,
+    return config_dict(url, concurrency=z.concurrency, accounts=accounts,
                        aws={"max_requests_per_second": budget, "retry_mode": "standard"},
                        collection={"max_parallel_accounts": z.org_parallel,
                                    "timeout_seconds": z.timeout})

@@ -43,6 +43,7 @@ class AccountSet:
         # Rediscover at the next resolve() whatever the cycle (set by a config reload).
         self._org_stale = False
         self.discovery: Discovery | None = None
+        self._dup_self: str | None = None  # own account id also listed, once logged
 
     def reconfigure(self, cfg: Config) -> None:
         """Takes effect at the next resolve(); rediscovers the Organization then (if that
@@ -107,11 +108,21 @@ class AccountSet:
         static_ids = {a.account_id for a in cfg.accounts}
         self_id: str | None = None
         # The own account id is needed to recognise the management account among the
-        # discovered ones, and to shard the own account; not otherwise (no STS call).
-        if cfg.organizations.enabled or (cfg.collect_self and cfg.sharding.total > 1):
+        # discovered ones, to shard the own account, and to tell whether the own account
+        # is also listed under accounts; not otherwise (no STS call).
+        if cfg.organizations.enabled or (cfg.collect_self and (cfg.sharding.total > 1
+                                                               or static_ids)):
             self_id = self._self_id(own)
         if cfg.collect_self:
-            want.append(own)
+            if self_id is not None and self_id in static_ids:
+                # Listed too: the listed entry wins (its role and name), the own target
+                # would only duplicate every series.
+                if self._dup_self != self_id:
+                    log.warning("the exporter's own account is also listed under accounts; "
+                                "collecting it once, as listed", extra={"account_id": self_id})
+                    self._dup_self = self_id
+            else:
+                want.append(own)
         for acct in cfg.accounts:
             want.append(self._keep(cfg, acct))
         if cfg.organizations.enabled:

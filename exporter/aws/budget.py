@@ -47,13 +47,19 @@ class Budget:
             return self._rate(self._clock())
 
     def acquire(self) -> None:
-        """Blocks until the next request may go out."""
-        with self._lock:
-            now = self._clock()
-            at = max(now, self._next)
-            self._next = at + 1.0 / self._rate(at)
-        if at > now:
-            self._sleep(at - now)
+        """Blocks until the next request may go out.
+
+        A request's turn is taken when it goes, not booked ahead: a thread that wakes
+        late from its sleep must not send together with the one booked after it (that
+        would put more than ``w * rate + 1`` requests in a window)."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                if now >= self._next:
+                    self._next = now + 1.0 / self._rate(now)
+                    return
+                wait = self._next - now
+            self._sleep(wait)
 
     def throttled(self) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from exporter.aws.errors import Deadline, client_error_code
+from exporter.aws.errors import Deadline, client_error_code, error_code
 from exporter.aws.list_strategy import parallel_map
 from exporter.inventory import AccessKey, User
 
@@ -135,11 +135,12 @@ def fetch_last_used(iam: IAMClient, key_id: str) -> float | None:
 
 def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tuple[int, int]],
                   concurrency: int, deadline: Deadline,
-                  cache: LastUsedCache | None) -> tuple[tuple[User, ...], bool]:
+                  cache: LastUsedCache | None) -> tuple[tuple[User, ...], str | None]:
     """Fills in the wanted keys from GetAccessKeyLastUsed (through the cache when given);
-    returns the users and whether every wanted key got its date. A key whose call fails
-    (denied, throttled through every retry) or is not reached by the deadline keeps no
-    date; the others, and every cached date, are kept."""
+    returns the users and, when some wanted key got no date, why (the first error code,
+    or DeadlineExceeded). A key whose call fails (denied, throttled through every retry)
+    or is not reached by the deadline keeps no date; the others, and every cached date,
+    are kept."""
     now = time.time()
     found: dict[tuple[int, int], float | None] = {}
     todo: list[tuple[int, int]] = []
@@ -153,7 +154,7 @@ def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tupl
         else:
             todo.append((ui, ki))
 
-    def one(pos: tuple[int, int]) -> tuple[float | None] | None:
+    def one(pos: tuple[int, int]) -> tuple[float | None] | str:
         key_id = users[pos[0]].keys[pos[1]].key_id
         assert key_id is not None
         try:
@@ -161,22 +162,22 @@ def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tupl
         except Exception as e:
             if getattr(e, "operation_name", None) == "AssumeRole":
                 raise
-            return None
+            return error_code(e)
         if cache is not None:
             cache.put(key_id, value, time.time())
         return (value,)
 
-    complete = True
+    missing: str | None = None
     for pos, got in zip(todo, parallel_map(one, todo, concurrency, deadline, "iam-lastused"),
                         strict=True):
-        if got is None:
-            complete = False
-        else:
+        if isinstance(got, tuple):
             found[pos] = got[0]
+        else:
+            missing = missing or got or "DeadlineExceeded"
     if cache is not None:
         cache.keep_only({k.key_id for u in users for k in u.keys if k.key_id})
     if not found:
-        return users, complete
+        return users, missing
     by_user: dict[int, dict[int, float | None]] = {}
     for (ui, ki), value in found.items():
         by_user.setdefault(ui, {})[ki] = value
@@ -185,4 +186,4 @@ def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tupl
         out[ui] = replace(out[ui], keys=tuple(
             replace(k, last_used=values[ki]) if ki in values else k
             for ki, k in enumerate(out[ui].keys)))
-    return tuple(out), complete
+    return tuple(out), missing

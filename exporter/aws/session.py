@@ -18,6 +18,7 @@ import boto3
 import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
+from botocore.exceptions import ConnectionClosedError
 
 from exporter import __version__
 from exporter.aws.budget import THROTTLING_CODES, Budget
@@ -149,6 +150,27 @@ def _instrument(client: Any, service: str, stats: ApiStats, target: Target) -> N
     events.register(f"after-call-error.{service}", after_call_error)
 
 
+def _enforce_content_length(client: Any) -> None:
+    """A body shorter than its Content-Length is a dropped connection, retried.
+
+    botocore reads answers with urllib3's ``enforce_content_length`` off, so a body cut
+    short reaches the XML parser, whose ResponseParserError is raised outside botocore's
+    retries and fails the call at once. Raised from the send instead, it is the
+    ConnectionClosedError it really is, which every retry mode retries."""
+    http = client._endpoint.http_session
+    send = http.send
+
+    def checked(request: Any) -> Any:
+        response = send(request)
+        expected = response.headers.get("content-length")
+        if (expected is not None and expected.isdigit() and not request.stream_output
+                and len(response.content) < int(expected)):
+            raise ConnectionClosedError(endpoint_url=request.url)
+        return response
+
+    http.send = checked
+
+
 _loader_lock = threading.Lock()
 _shared_loader: Any = None
 
@@ -259,6 +281,7 @@ class Target:
             config=self._boto_config(),
         )
         _instrument(client, service, self._stats, self)
+        _enforce_content_length(client)
         return client
 
     def client(self, service: str) -> Any:

@@ -64,7 +64,7 @@ def read_user(iam: IamLists, cfg: Config, strategy: str, name: str, known: User 
 
 def _identity(iam: IamLists, cfg: Config, name: str, wanted: bool,
               known: bool) -> tuple[str, str, Owner] | Literal["gone"] | None:
-    """GetUser: the user's name, path and owner tags, or GONE. When the call is denied,
+    """GetUser: the user's name, path and owner tags, or "gone". When the call is denied,
     None for a known user (a role without iam:GetUser still gets its keys; its path and
     tags follow at the next full cycle), else the error."""
     try:

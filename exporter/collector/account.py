@@ -62,11 +62,11 @@ class AccountCollector:
         used = _gauge("iam_access_key_last_used_timestamp_seconds",
                       "Last time the access key was used, where known; absent for a key never "
                       "used." + c, key_labels)
-        stale = _gauge("iam_user_stale",
-                       "1 for a user whose keys could not be read in the last cycle (denied, "
-                       "throttled through every retry, or past the deadline): its last known "
-                       "keys are served; absent for users read fresh." + c,
-                       ["account_id", "user_name", "reason"])
+        unread = _gauge("iam_user_unread",
+                        "1 for a user whose keys could not be read in the last cycle (reason: "
+                        "the error code, e.g. AccessDenied, Throttling, DeadlineExceeded): its "
+                        "last known keys are served, or none if it was never read; absent for "
+                        "users read fresh." + c, ["account_id", "user_name", "reason"])
         inv = st.inventory
         if inv is not None and opts.per_user:
             acct, mode = st.account_id, opts.access_key_id
@@ -82,7 +82,7 @@ class AccountCollector:
                 info.add_metric([acct, name, user.path, "true" if user.exempt else "false",
                                  *(have.get(key, "") for _, key in by_label)], 1)
                 if user.stale:
-                    stale.add_metric([acct, name, user.stale], 1)
+                    unread.add_metric([acct, name, user.stale], 1)
                 if not opts.per_key:
                     continue
                 for i, k in enumerate(user.keys):
@@ -91,7 +91,9 @@ class AccountCollector:
                         created.add_metric(labels, k.created)
                     if k.last_used is not None:
                         used.add_metric(labels, k.last_used)
-        yield from (keys, info, created, used, stale)
+            for name, _, reason in inv.unread:
+                unread.add_metric([acct, name, reason], 1)
+        yield from (keys, info, created, used, unread)
 
     def _account(self) -> Iterator[Metric]:
         c, st = self.cached, self.state
@@ -113,7 +115,8 @@ class AccountCollector:
             fam["iam_account_users_with_multiple_active_keys"].add_metric(
                 a, totals.multi_active_users)
             fam["iam_account_watched_users"].add_metric(a, len(inv.users))
-            fam["iam_account_stale_users"].add_metric(a, sum(1 for u in inv.users if u.stale))
+            fam["iam_account_unread_users"].add_metric(
+                a, sum(1 for u in inv.users if u.stale) + len(inv.unread))
             if inv.last_used_complete is not None:
                 fam["iam_exporter_last_used_complete"].add_metric(
                     a, 1 if inv.last_used_complete else 0)
@@ -140,9 +143,9 @@ _ACCOUNT_FAMILIES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
      "Watched users (not exempt) holding more than one active access key.", True, ()),
     ("iam_account_watched_users",
      "IAM users collected in the account (after the user filters).", True, ()),
-    ("iam_account_stale_users",
-     "Watched users whose keys could not be read in the last cycle; their last known keys "
-     "are served (see iam_user_stale).", True, ()),
+    ("iam_account_unread_users",
+     "Watched users whose keys could not be read in the last cycle (see iam_user_unread).",
+     True, ()),
     ("iam_account_users", "IAM users in the account (GetAccountSummary).", True, ()),
     ("iam_root_access_keys_present",
      "1 if the account's root user has an access key (GetAccountSummary).", True, ()),

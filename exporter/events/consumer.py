@@ -145,7 +145,8 @@ class Consumer:
         while (len(batch) == queue.BATCH and len(out) < MAX_BATCH
                and time.monotonic() < until and not self._stop.is_set()):
             try:
-                batch = queue.receive(self._sqs, self._url, 0, ev.visibility_timeout_seconds)
+                batch = queue.receive(self._client(), self._url, 0,
+                                      ev.visibility_timeout_seconds)
             except Exception as e:
                 self._receive_failed(e)
                 break
@@ -218,7 +219,9 @@ class Consumer:
                 continue
             # IAM user names are unique whatever their case.
             key = (target.key, got.user_name.lower())
-            group = groups.get(key) or groups.setdefault(key, _Group(target, got.user_name))
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(target, got.user_name)
             group.add(i, got.event_name, got.event_time or _sent(msg))
         changes, newest = self._reread(list(groups.values()), results)
         if changes:
