@@ -18,7 +18,9 @@ HTTP/1.1 with keep-alive, with the XML shapes AWS and moto use.
   requests an account sent within one clock second).
 - Control plane under ``/_fake/`` (JSON): ``GET stats``, ``POST reset`` (counts),
   ``POST config`` ({latency_ms, throttle, seed, quota_rate, quota_burst}),
-  ``POST forget-report``, ``POST generate-reports`` (a report ready in every account).
+  ``POST forget-report``, ``POST generate-reports`` (a report ready in every account),
+  ``POST change-key`` ({account, user, action, key_id, status}: a key created, updated
+  or deleted as an administrator would, not counted).
 
 Run it in its own process so that its CPU does not share a GIL with the exporter::
 
@@ -229,6 +231,17 @@ class FakeIam:
     def generate_reports(self) -> dict[str, Any]:
         """A credential report ready in every account, as after an earlier cycle."""
         return self._call("/_fake/generate-reports")
+
+    def change_key(self, account: str, user: str, action: str, key_id: str | None = None,
+                   status: str | None = None) -> str:
+        """CreateAccessKey / UpdateAccessKey / DeleteAccessKey on a user, as an
+        administrator would (not counted as a request); the key's id."""
+        out = self._call("/_fake/change-key", {"account": account, "user": user,
+                                               "action": action, "key_id": key_id,
+                                               "status": status})
+        if "key_id" not in out:
+            raise KeyError(f"change-key {action} {account}/{user} {key_id}: {out}")
+        return str(out["key_id"])
 
     def cpu_seconds(self) -> float:
         """User + system CPU the fake has used so far (from /proc)."""

@@ -1,5 +1,8 @@
 """What the fake IAM answers: the IAM and STS actions the exporter calls, per account.
 
+- Key changes through the control plane (``change-key``), as an administrator's
+  CreateAccessKey / UpdateAccessKey / DeleteAccessKey would make them, not counted as
+  requests (scenario 8 sends each one's CloudTrail event to an SQS queue).
 - The account of a request is read from its SigV4 ``Credential=`` (signatures are not
   checked): an access key id made by the fake's AssumeRole (``ASIAFAKE`` + account id)
   names its account; any other key is the first (default) account's.
@@ -22,7 +25,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from bench import iamactions
-from bench.fakedata import Dataset, iso
+from bench.fakedata import KEY_ALPHABET, Dataset, Key, iso
 from bench.iamactions import ApiError
 
 IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
@@ -90,6 +93,31 @@ class Account:
     def stats(self) -> dict[str, int]:
         return {"requests": self.requests, "throttled": self.throttled,
                 "peak_per_second": self.peak}
+
+    def change_key(self, user: str, action: str, key_id: str | None = None,
+                   status: str | None = None) -> str:
+        """A key change, as an administrator's call would make it (not counted as a
+        request); the id of the key created, updated or deleted. The credential report
+        stays as it was generated, as IAM's does."""
+        u = self.by_name[user]
+        if action == "CreateAccessKey":
+            rng = random.Random(f"{self.data.account_id}/{user}/{len(self.by_key)}")
+            key = Key("AKIA" + "".join(rng.choices(KEY_ALPHABET, k=16)), "Active",
+                      time.time())
+            u.keys.append(key)
+            self.by_key[key.key_id] = (u, key)
+            return key.key_id
+        found = self.by_key.get(key_id or "")
+        if found is None or found[0] is not u:
+            raise KeyError(key_id)
+        if action == "UpdateAccessKey":
+            found[1].status = status or "Inactive"
+        elif action == "DeleteAccessKey":
+            u.keys.remove(found[1])
+            del self.by_key[found[1].key_id]
+        else:
+            raise KeyError(action)
+        return found[1].key_id
 
 
 def wrap(action: str, result: str, request_id: str, ns: str = IAM_NS) -> bytes:
@@ -250,6 +278,11 @@ class FakeIamService:
             started = time.time() if path.endswith("generate-reports") else None
             for acct in self.accounts.values():
                 acct.report_started, acct.report_body = started, None
+        elif path == "/_fake/change-key":
+            # {account, user, action, key_id, status} → {key_id}
+            acct = self.accounts[args["account"]]
+            return {"key_id": acct.change_key(args["user"], args["action"],
+                                              args.get("key_id"), args.get("status"))}
         elif path != "/_fake/stats":
             raise KeyError(path)
         s = self.settings

@@ -72,8 +72,9 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_dict(endpoint: str, concurrency: int = 8, **extra: Any) -> dict[str, Any]:
-    """A config against the fake: one cycle a day (the benchmark drives the cycles)."""
+def config_dict(endpoint: str | None, concurrency: int = 8, **extra: Any) -> dict[str, Any]:
+    """A config against the fake: one cycle a day (the benchmark drives the cycles).
+    endpoint None: each service's from AWS_ENDPOINT_URL_<service> (scenario 8)."""
     base: dict[str, Any] = {
         "aws": {"endpoint_url": endpoint},
         "interval_seconds": 86400,
@@ -145,18 +146,21 @@ def proc_status(pid: int) -> dict[str, int]:
 class Daemon:
     """The real console script (CLI → gunicorn → worker → poller) on a config."""
 
-    def __init__(self, cfg: dict[str, Any], tree: Path | None = None) -> None:
-        """``tree``: run the exporter of another checkout (``python -m exporter`` there)."""
+    def __init__(self, cfg: dict[str, Any], tree: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        """``tree``: run the exporter of another checkout (``python -m exporter`` there);
+        ``env``: more environment (e.g. AWS_ENDPOINT_URL_SQS)."""
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="iamx-bench-"))
         path = self.dir / "config.yaml"
         path.write_text(yaml.safe_dump(cfg))
         self.log = open(self.dir / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
         cmd = [str(CONSOLE_SCRIPT)] if tree is None else [sys.executable, "-m", "exporter"]
-        env = {"PYTHONUNBUFFERED": "1", **({"PYTHONPATH": str(tree)} if tree else {})}
+        more = {"PYTHONUNBUFFERED": "1", **({"PYTHONPATH": str(tree)} if tree else {}),
+                **(env or {})}
         self.proc = subprocess.Popen(
             [*cmd, "--config", str(path), "--listen", f"127.0.0.1:{self.port}"],
-            cwd=tree or ROOT, env=subprocess_env(env), stdout=self.log,
+            cwd=tree or ROOT, env=subprocess_env(more), stdout=self.log,
             stderr=subprocess.STDOUT)
         self.conn: http.client.HTTPConnection | None = None
         self.ready_seconds = float("nan")

@@ -164,7 +164,8 @@ def _convert(tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
             return {}
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
-        return {_convert(key_tp, k, f"{path} key", {}): _convert(value_tp, v, f"{path}.{k}", {})
+        return {_convert(key_tp, k, f"{path}[{_describe(k)}]", {}):
+                _convert(value_tp, v, f"{path}.{k}", {})
                 for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)  # type: ignore[arg-type]

@@ -103,14 +103,24 @@ def short_for(rules: str) -> str:
     return out
 
 
-def fast_rules(rules: str, grace_seconds: int) -> str:
-    """short_for, every keep_firing_for cut to zero too, and the 4-hour grace period that
-    IAMUserMultipleActiveAccessKeys reads from the data (`4 * 3600`, `[4h:5m]`,
-    `offset 4h`, in 5-minute steps) cut to ``grace_seconds`` in 1-second steps: the
-    alert fires a few seconds after a second key is scraped."""
+BRIDGE = "20m"  # the rules' gap bridge: `[20m:1m]` subqueries and `[20m]` ranges
+
+
+def fast_rules(rules: str, grace_seconds: int, bridge_seconds: int = 30) -> str:
+    """short_for, every keep_firing_for cut to zero too, the 20-minute gap bridge of every
+    rule (`[20m:1m]`, `[20m]`, annotations included) cut to ``bridge_seconds`` in 1-second
+    steps, and the 4-hour grace period that IAMUserMultipleActiveAccessKeys reads from the
+    data (`4 * 3600`, `[4h:5m]`, `offset 4h`, in 5-minute steps) cut to ``grace_seconds``
+    in 1-second steps: the alert fires a few seconds after a second key is scraped, and a
+    gap in the exporter's series shorter than ``bridge_seconds`` changes nothing."""
     g = f"{grace_seconds}s"
     out = short_for(rules)
     out = re.sub(r"(?m)^(\s+keep_firing_for:\s*)\S+\s*$", r"\g<1>0s", out)
+    for old, new in ((f"[{BRIDGE}:1m]", f"[{bridge_seconds}s:1s]"),
+                     (f"[{BRIDGE}]", f"[{bridge_seconds}s]")):
+        assert old in out, old
+        out = out.replace(old, new)
+    assert not re.search(r"\[\d+m:1m\]", out), "a bridge of another length"
     start = out.index(f"- alert: {MULTI}")
     end = out.find("- alert:", start + 1)
     end = len(out) if end < 0 else end

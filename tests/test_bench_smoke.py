@@ -33,6 +33,9 @@ EXPECTED = {
     "5 requests per cycle": ["30 users list last_used=off tags=off: requests = formula",
                              "30 users credential-report, no report yet"],
     "6 throttling storm": ["every cycle exact", "cycle 1:", "cycle 3:"],
+    "8 events": ["no poll in between, counts exact", "a full reconcile cycle",
+                 "IAM calls per event", "IAM requests per hour", "p99 staleness",
+                 "change-to-/metrics latency p99", "a lost event"],
 }
 # The rows whose target is exactness: PASS even at smoke size, on any machine.
 EXACT = ("counts exact", "requests = formula", "iam_user_access_keys exact",
@@ -73,7 +76,7 @@ def test_bench_smoke_runs_every_scenario(tmp_path: Path) -> None:
     assert md.count("\n| ") == len(rows) + 2  # + the header and the separator
 
     for name in ("full-account", "shared-quota", "organization", "scrape", "requests",
-                 "storm"):
+                 "storm", "events"):
         assert json.loads((tmp_path / f"{name}.json").read_text()), name
     requests = json.loads((tmp_path / "requests.json").read_text())["results"]
     assert all(r["exact"] and r["total"] > 0 for r in requests)
@@ -85,6 +88,14 @@ def test_bench_smoke_runs_every_scenario(tmp_path: Path) -> None:
     assert 0 < scrape["gzip"]["bytes"] < scrape["plain"]["bytes"]
     storm = json.loads((tmp_path / "storm.json").read_text())
     assert len(storm["cycles"]) == 3 and all(c["exact"] for c in storm["cycles"])
+    events = json.loads((tmp_path / "events.json").read_text())
+    # Every change's event reached /metrics, at most 3 IAM calls each (the fake's count and
+    # the daemon's agree), with no poll in between.
+    n = len(events["changes"])
+    assert len(events["latencies"]) == n > 0
+    assert 0 < events["event_requests"] == events["event_requests_daemon"] <= 3 * n
+    assert events["reconcile_requests"] == events["reconcile_requests_daemon"] > 0
+    assert events["cycles_total"] == 1 and events["exact"]
 
 
 @pytest.mark.e2e

@@ -1,12 +1,15 @@
-"""An exporter restart in the middle of the grace period, with the real binaries
-(tests/e2e.py): moto → the exporter daemon → Prometheus → Alertmanager → a webhook.
+"""An exporter restart in the middle of the grace period, and one while the alert fires,
+with the real binaries (tests/e2e.py): moto → the exporter daemon → Prometheus →
+Alertmanager → a webhook.
 
 The shipped rules with the headline alert's 4-hour grace period cut to GRACE seconds (its
-5-minute subquery steps to 1 s, every `for:` and keep_firing_for to 0 s). A user gets a
-second active key; a few seconds later the exporter is stopped and, after a pause, started
-again on the same address (Prometheus sees failed scrapes and staleness markers, as in a
-rollout). The alert must fire about GRACE after the key was created, not GRACE after the
-exporter came back, as a grace period kept in `for:` would.
+5-minute subquery steps to 1 s, every `for:` and keep_firing_for to 0 s) and their
+20-minute gap bridge to BRIDGE seconds. A user gets a second active key; a few seconds
+later the exporter is stopped and, after a pause, started again on the same address
+(Prometheus sees failed scrapes and staleness markers, as in a rollout). The alert must
+fire about GRACE after the key was created, not GRACE after the exporter came back, as a
+grace period kept in `for:` would. Once it fires, another restart must neither resolve it
+nor notify again, and deactivating the key must resolve it within seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tests.helpers import add_user, daemon_config, iam_client, reset_moto
 pytestmark = pytest.mark.e2e
 
 GRACE = 20           # seconds; 4 hours in the shipped rules
+BRIDGE = 30          # seconds; the rules' 20-minute gap bridge
 RESTART_AFTER = 5    # seconds after the second key: the exporter is stopped ...
 DOWN_FOR = 3         # ... and started again this long after it has stopped
 BOB = 'iam_user_access_keys{user_name="bob",status="Active"}'
@@ -45,7 +49,7 @@ def stack(moto_server: str) -> Iterator[Stack]:
              tags={"iam-key-exporter/exempt": "true"})
     proxy = AwsProxy(moto_server).start()
     with alerting_stack(iam, proxy, daemon_config(proxy.url, interval=1),
-                        fast_rules(RULES.read_text(), GRACE)) as s:
+                        fast_rules(RULES.read_text(), GRACE, BRIDGE)) as s:
         s.wait_query(f"{BOB} == 1", timeout=40)
         yield s
 
@@ -118,3 +122,54 @@ def test_a_restart_mid_grace_does_not_restart_the_grace_period(
     # The exempt user never alerted.
     assert {a["labels"]["user_name"] for _, a in stack.hook.alerts()
             if a["labels"].get("alertname") == MULTI} == {"bob"}
+
+
+def multi_alerts(stack: Stack) -> list[dict[str, Any]]:
+    return [a for a in requests.get(f"{stack.prometheus_url}/api/v1/alerts",
+                                    timeout=10).json()["data"]["alerts"]
+            if a["labels"].get("alertname") == MULTI]
+
+
+def test_a_restart_while_firing_neither_resolves_nor_renotifies_and_a_fix_resolves_at_once(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = time.monotonic()
+    key = stack.iam.create_access_key(UserName="bob")["AccessKey"]["AccessKeyId"]
+    stack.hook.wait_for(is_alert(MULTI, "firing", user_name="bob"), since=started,
+                        timeout=GRACE + 20)
+    [before] = multi_alerts(stack)
+    assert before["state"] == "firing"
+
+    restarted = time.monotonic()
+    t_stop = time.time()
+    new = restart_exporter(stack, monkeypatch, DOWN_FOR)
+    try:
+        stack.wait_query(f"timestamp({BOB}) > {t_stop + DOWN_FOR} and {BOB} == 2")
+        back = time.monotonic() - restarted
+        time.sleep(5)  # evaluations with the new exporter's data
+        gaps = series_gaps(stack, BOB, t_stop - 5, time.time())
+        quiet = [(a["status"], a["labels"]) for _, a in stack.hook.alerts(since=restarted)
+                 if a["labels"].get("alertname") == MULTI]
+        [after] = multi_alerts(stack)
+
+        # The fix: the second key deactivated; the exporter (interval 1 s) serves it.
+        fixed = time.monotonic()
+        stack.iam.update_access_key(UserName="bob", AccessKeyId=key, Status="Inactive")
+        stack.wait_query(f"{BOB} == 1")
+        scraped = time.monotonic()
+        resolved_at, _ = stack.hook.wait_for(is_alert(MULTI, "resolved", user_name="bob"),
+                                             since=fixed, timeout=30)
+        print(f"restart while firing: exporter stopped {DOWN_FOR} s, data back after "
+              f"{back:.1f} s (gap in the series: {', '.join(f'{g:.1f} s' for g in gaps)}); "
+              f"notifications meanwhile: {quiet or 'none'}; second key deactivated -> one "
+              f"active key in Prometheus {scraped - fixed:.1f} s -> resolved webhook "
+              f"{resolved_at - fixed:.1f} s (bridge {BRIDGE} s, no keep_firing_for)")
+    finally:
+        stop_process(new.proc, grace=15)
+        new.stop()
+
+    assert gaps and max(gaps) >= DOWN_FOR, gaps          # the restart left a real gap
+    assert quiet == []                                   # no resolved, no new firing
+    assert after["state"] == "firing" and after["activeAt"] == before["activeAt"]
+    # Resolved at the first evaluations after Prometheus has the fix (1 s scrape and
+    # evaluation, Alertmanager's group_interval 1 s).
+    assert resolved_at - scraped < 5, resolved_at - scraped

@@ -116,18 +116,28 @@ def test_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
 # unit-test file must fail against the mutated rules.
 HEADLINE_HISTORY = ("min_over_time((min by (account_id, user_name) (min_over_time("
                     'iam_user_access_keys{status="Active"}[5m])))[4h:5m]) > 1')
-HEADLINE_CREATED = """time() - (
-                          max by (account_id, user_name) (iam_access_key_created_timestamp_seconds{status="Active"})
-                        or on (account_id, user_name)
-                          last_over_time((max by (account_id, user_name) (iam_access_key_created_timestamp_seconds{status="Active"}))[20m:1m])
-                      ) > 4 * 3600"""
 HEADLINE_SEEN = ('present_over_time((group by (account_id, user_name) (iam_user_access_keys'
                  '{status="Active"}))[1h:5m] offset 4h)')
 ACCOUNT_SEEN = ("present_over_time((group by (account_id) (iam_account_users_with_multiple_"
                 "active_keys))[1h:5m] offset 4h)")
+BY_USER = "max by (account_id, user_name)"
+ACTIVE = 'iam_user_access_keys{status="Active"}'
+CREATED = 'iam_access_key_created_timestamp_seconds{status="Active"}'
+COUNT_BRIDGE = f"last_over_time(({BY_USER} ({ACTIVE}))[20m:1m])"
+CREATED_BRIDGE = f"last_over_time(({BY_USER} ({CREATED}))[20m:1m])"
+
+
+def block(*rows: tuple[int, str]) -> str:
+    """Lines of the rules file: (indentation, text) each, every line ending in a newline."""
+    return "".join(" " * n + text + "\n" for n, text in rows)
+
+
+HEADLINE_CREATED = block((0, "time() - ("), (26, f"{BY_USER} ({CREATED})"),
+                         (24, "or on (account_id, user_name)"), (26, CREATED_BRIDGE),
+                         (22, ") > 4 * 3600"))[:-1]
 MUTATIONS: list[tuple[str, str, str, str] | tuple[str, str, str, str, int]] = [
     ("exempt users alert", 'iam_user_info{exempt="true"}', 'iam_user_info{exempt="yes"}',
-     "multiple_keys.yaml", 2),
+     "multiple_keys.yaml", 3),
     ("status filter dropped (inactive keys count)", 'iam_user_access_keys{status="Active"}',
      "iam_user_access_keys", "multiple_keys.yaml", 8),
     ("per-account alert duplicates per-user ones", """
@@ -157,42 +167,33 @@ MUTATIONS: list[tuple[str, str, str, str] | tuple[str, str, str, str, int]] = [
     ("headline resolves late again (keep_firing_for)", "        for: 2m\n",
      "        for: 2m\n        keep_firing_for: 15m\n", "multiple_keys_bridge.yaml"),
     ("grace period in for: again", "for: 2m\n", "for: 4h\n", "multiple_keys.yaml"),
-    ("headline count not bridged (a gap resolves the alert)", """
-                    or on (account_id, user_name)
-                      (
-                          last_over_time((max by (account_id, user_name) (iam_user_access_keys{status="Active"}))[20m:1m])
-                        unless on (account_id)
-                          iam_account_watched_users
-                      )
-""", "\n", "multiple_keys_bridge.yaml"),
+    ("headline count not bridged (a gap resolves the alert)",
+     "\n" + block((20, "or on (account_id, user_name)"), (22, "("), (26, COUNT_BRIDGE),
+                  (24, "unless on (account_id)"), (26, "iam_account_watched_users"),
+                  (22, ")")), "\n", "multiple_keys_bridge.yaml"),
     ("a user gone from a served account stays firing for 20 minutes", """
                         unless on (account_id)
                           iam_account_watched_users
 """, "\n", "multiple_keys_bridge.yaml"),
-    ("an unread user resolves at once", """
-                    or on (account_id, user_name)
-                      (
-                          last_over_time((max by (account_id, user_name) (iam_user_access_keys{status="Active"}))[20m:1m])
-                        and on (account_id, user_name)
-                          iam_user_unread
-                      )
-""", "\n", "multiple_keys_bridge.yaml"),
-    ("creation times not bridged (the grace period unknown in a gap)", """
-                        or on (account_id, user_name)
-                          last_over_time((max by (account_id, user_name) (iam_access_key_created_timestamp_seconds{status="Active"}))[20m:1m])
-""", "\n", "multiple_keys_bridge.yaml"),
-    ("exemption forgotten in a gap", """
-                    or
-                      (last_over_time(iam_user_info{exempt="true"}[20m]) unless on (account_id, user_name) iam_user_info)
-""", "\n", "multiple_keys_gaps.yaml"),
+    ("an unread user resolves at once",
+     "\n" + block((20, "or on (account_id, user_name)"), (22, "("), (26, COUNT_BRIDGE),
+                  (24, "and on (account_id, user_name)"), (26, "iam_user_unread"),
+                  (22, ")")), "\n", "multiple_keys_bridge.yaml"),
+    ("creation times not bridged (the grace period unknown in a gap)",
+     "\n" + block((24, "or on (account_id, user_name)"), (26, CREATED_BRIDGE)), "\n",
+     "multiple_keys_bridge.yaml"),
+    ("exemption forgotten in a gap",
+     "\n" + block((20, "or"), (22, '(last_over_time(iam_user_info{exempt="true"}[20m]) unless on '
+                                   "(account_id, user_name) iam_user_info)")), "\n",
+     "multiple_keys_gaps.yaml"),
     ("team label lost in a gap (a new alert)", """
                   or on (account_id, user_name)
                     topk by (account_id, user_name) (1, last_over_time(iam_user_info[20m]))
-""", "\n", "multiple_keys_bridge.yaml", 3),
-    ("unguarded team join", """
-                  or on (account_id, user_name)
-                    group by (account_id, user_name) (last_over_time(iam_user_access_keys{status="Active"}[20m]))
-""", "\n", "multiple_keys.yaml"),
+""", "\n", "multiple_keys_bridge.yaml"),
+    ("unguarded team join",
+     "\n" + block((18, "or on (account_id, user_name)"),
+                  (20, f"group by (account_id, user_name) (last_over_time({ACTIVE}[20m]))")),
+     "\n", "multiple_keys.yaml"),
     ("never-used keys ignored", "(iam_exporter_last_used_complete[20m])) == 1)",
      "(iam_exporter_last_used_complete[20m])) == 2)", "key_age.yaml"),
     ("unknown last use taken as never used", "(iam_exporter_last_used_complete[20m])) == 1)",
@@ -265,7 +266,7 @@ def with_alert_changed(name: str, change: Any) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def tests_of(name: str) -> list[str]:
+def unit_tests_of(name: str) -> list[str]:
     return [p.name for p in RULE_TESTS if f"alertname: {name}\n" in p.read_text()]
 
 
@@ -300,7 +301,7 @@ def test_every_keep_firing_for_is_needed(tmp_path: Path, name: str) -> None:
     """Without keep_firing_for, each alert that has one resolves and notifies again when
     its data flaps (a target answering for a moment, one good cycle) in its unit tests."""
     rules = with_alert_changed(name, lambda rule: rule.pop("keep_firing_for"))
-    fails_the_unit_tests(tmp_path, rules, tests_of(name))
+    fails_the_unit_tests(tmp_path, rules, unit_tests_of(name))
 
 
 @pytest.mark.parametrize("name", BRIDGED)
@@ -311,7 +312,7 @@ def test_every_bridge_is_needed(tmp_path: Path, name: str) -> None:
         assert "[20m" in rule["expr"], name
         rule["expr"] = rule["expr"].replace("[20m:1m]", "[1m:1m]").replace("[20m]", "[1m]")
 
-    fails_the_unit_tests(tmp_path, with_alert_changed(name, change), tests_of(name))
+    fails_the_unit_tests(tmp_path, with_alert_changed(name, change), unit_tests_of(name))
 
 
 def test_an_invalid_rule_fails_promtool_check(tmp_path: Path) -> None:

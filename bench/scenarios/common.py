@@ -40,17 +40,22 @@ class Sizes:
     storm_quota: float = 14.0
     storm_budget: float = 20.0
     storm_cycles: int = 3
+    events_accounts: int = 40  # scenario 8: accounts x users watched by the daemon ...
+    events_users: int = 250
+    events_changes: int = 100  # ... key changes timed through the events queue
+    events_budget: float = 100.0  # per account: a short cycle (polling at its best)
     timeout: float = 900.0  # collection.timeout_seconds and the daemon's wait
 
 
 FULL = Sizes()
 QUICK = Sizes(account_users=1000, org_accounts=40, scrapes=100, requests_sizes=(500,),
-              storm_users=200)
+              storm_users=200, events_accounts=8, events_changes=30)
 # Tiny, and the rates scaled up with them, so that each row takes about a second.
 SMOKE = Sizes(account_users=30, latency_ms=2.0, quota=100.0, budget_under=75.0,
               budget_over=200.0, org_accounts=4, org_users=20, org_budget=200.0,
               org_parallel=4, scrapes=20, requests_sizes=(30,), storm_users=30,
-              storm_quota=70.0, storm_budget=100.0, timeout=120.0)
+              storm_quota=70.0, storm_budget=100.0, events_accounts=2, events_users=20,
+              events_changes=6, timeout=120.0)
 
 
 @dataclass
