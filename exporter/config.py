@@ -124,7 +124,9 @@ class CollectionConfig:
     # report per cycle, matched to keys by creation time), or GetAccessKeyLastUsed per key.
     last_used: Literal["off", "credential-report", "api"] = "credential-report"
     concurrency: int = field(default=8, metadata=_rng(1, 64))
-    max_parallel_accounts: int = field(default=4, metadata=_rng(1, 64))
+    # 16: the request budget and IAM's quota are per account, so accounts in parallel do
+    # not compete for them; 16 paced accounts use about half a core.
+    max_parallel_accounts: int = field(default=16, metadata=_rng(1, 64))
     # Deadline for one account's collection; None: 80 % of interval_seconds.
     # The minimum is below 0.8 s so that the resolved default (printed by check-config)
     # is itself a valid value for every allowed interval_seconds.

@@ -504,7 +504,7 @@ def test_defaults() -> None:
                                        max_requests_per_second=10.0)
     assert cfg.collection.strategy == "list"
     assert cfg.collection.concurrency == 8
-    assert cfg.collection.max_parallel_accounts == 4
+    assert cfg.collection.max_parallel_accounts == 16
     assert cfg.collection.timeout_seconds is None
     assert cfg.collection.credential_report.wait_seconds == 120.0
     assert cfg.collection.max_stale_seconds == 86400.0

@@ -71,6 +71,7 @@ def test_readme_is_short() -> None:
 def test_the_docs_pages_exist() -> None:
     names = {p.name for p in DOCS}
     for page in ("configuration.md", "metrics.md", "alerts.md", "accounts.md", "events.md",
+                 "budget.md",
                  "operations.md", "deployment.md", "performance.md", "development.md"):
         assert page in names, page
 
