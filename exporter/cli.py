@@ -8,7 +8,7 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exporter import __version__, config, logs, validate, webconfig
 from exporter.reload import Reloader
@@ -129,7 +129,16 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
         poller = Poller(cfg, AccountSet(cfg, stats), publish=publish)
         own = Live(ExporterCollector(lambda: poller.snapshot, stats.counts,
                                      lambda: poller.cfg.interval_seconds), process=False)
-        store = web.Store(render(), extra=own.render)
+        rendered: list[Any] = [None, None, b""]  # snapshot, counts, bytes
+
+        def own_families() -> bytes:
+            # Rendered again only when something changed: between cycles, nothing does.
+            snap, counts = poller.snapshot, (stats.counts(), poller.cfg.interval_seconds)
+            if snap is not rendered[0] or counts != rendered[1]:
+                rendered[:] = [snap, counts, own.render()]
+            return bytes(rendered[2])
+
+        store = web.Store(render(), extra=own_families)
         store.start_refreshing()
         stops.append(store.stop)
         pollers.append(poller)
