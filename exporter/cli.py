@@ -136,7 +136,7 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
             snap, counts = poller.snapshot, (stats.counts(), poller.cfg.interval_seconds)
             if snap is not rendered[0] or counts != rendered[1]:
                 rendered[:] = [snap, counts, own.render()]
-            return bytes(rendered[2])
+            return rendered[2]  # type: ignore[no-any-return]
 
         store = web.Store(render(), extra=own_families)
         store.start_refreshing()

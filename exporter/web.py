@@ -78,16 +78,29 @@ class Store:
         self._base = initial
         self._extra = extra
         self._stop = threading.Event()
-        self.exposition = initial if extra is None else initial.extend(extra())
+        self._last_extra = b""
+        self.exposition = initial
+        self._set(initial)
 
     def set(self, exposition: Exposition) -> None:
         with self._lock:
-            self._base = exposition
-            self.exposition = (exposition if self._extra is None
-                               else exposition.extend(self._extra()))
+            self._set(exposition)
+
+    def _set(self, exposition: Exposition) -> None:
+        self._base = exposition
+        if self._extra is None:
+            self.exposition = exposition
+            return
+        self._last_extra = self._extra()
+        self.exposition = exposition.extend(self._last_extra)
 
     def refresh(self) -> None:
-        self.set(self._base)
+        """Appends the exporter's own families again, unless they did not change (then
+        nothing is copied or compressed: an idle exporter does no work between scrapes)."""
+        with self._lock:
+            if self._extra is not None and self._extra() is self._last_extra:
+                return
+            self._set(self._base)
 
     def start_refreshing(self, every: float = REFRESH_SECONDS) -> None:
         def loop() -> None:
