@@ -96,15 +96,16 @@ def render_accounts(data: RenderInput, cache: AccountCache | None = None) -> lis
     cache = cache or AccountCache()
     rendered = [cache.blocks(st, data.options, data.interval) for st in data.snapshot.accounts]
     cache.keep_only(st.key for st in data.snapshot.accounts)
-    if not rendered:
-        rendered = [_blocks(AccountState("", "", "", None, False, 0.0, None),
-                            data.options, data.interval)]
-        rendered = [tuple((name, head, b"") for name, head, _ in rendered[0])]
+    # Every family's header, even with no account yet (from an account with no data).
+    heads = rendered[0] if rendered else _blocks(_NO_ACCOUNT, data.options, data.interval)
     chunks: list[bytes] = []
-    for i, (_, head, _) in enumerate(rendered[0]):
+    for i, (_, head, _) in enumerate(heads):
         chunks.append(head)
         chunks.extend(blocks[i][2] for blocks in rendered if blocks[i][2])
     return chunks
+
+
+_NO_ACCOUNT = AccountState("", "", "", None, False, 0.0, None)
 
 
 def exporter_registry(data: RenderInput) -> CollectorRegistry:

@@ -81,7 +81,7 @@ class ReportMatcher:
         out: list[AccessKey] = []
         missing: list[int] = []
         for i, key in enumerate(keys):
-            slot = _take_slot(slots, key.created)
+            slot = take_slot(slots, key.created)
             if slot is None:
                 missing.append(i)
                 out.append(key)
@@ -112,7 +112,8 @@ def match_report(users: Sequence[User], report_users: Sequence[User]
     return tuple(out), unmatched
 
 
-def _take_slot(slots: list[AccessKey], created: float | None) -> AccessKey | None:
+def take_slot(slots: list[AccessKey], created: float | None) -> AccessKey | None:
+    """Removes and returns the slot created at ``created`` (to the report's second)."""
     if created is None:
         return None
     for i, slot in enumerate(slots):

@@ -15,7 +15,7 @@ from typing import Final, Literal
 
 from exporter.aws.collect import _owner_of
 from exporter.aws.errors import client_error_code
-from exporter.aws.last_used import MATCH_TOLERANCE
+from exporter.aws.last_used import take_slot
 from exporter.aws.list_strategy import NO_OWNER, IamLists, Owner, UserRef, list_keys
 from exporter.config import Config
 from exporter.inventory import AccessKey, User
@@ -109,8 +109,8 @@ def _take(old: list[AccessKey], key: AccessKey) -> AccessKey | None:
     for i, k in enumerate(old):
         if k.key_id is not None and k.key_id == key.key_id:
             return old.pop(i)
-    for i, k in enumerate(old):
-        if (k.key_id is None and k.created is not None and key.created is not None
-                and abs(k.created - key.created) <= MATCH_TOLERANCE):
-            return old.pop(i)
-    return None
+    # No id (credential report): the report's own matching, by creation time.
+    slot = take_slot([k for k in old if k.key_id is None], key.created)
+    if slot is not None:
+        old.remove(slot)
+    return slot
