@@ -88,7 +88,10 @@ def _collect_once(cfg: Config) -> int:
 
     stats = ApiStats()
     poller = Poller(cfg, AccountSet(cfg, stats))
-    snap = poller.run_cycle()
+    try:
+        snap = poller.run_once()
+    finally:
+        poller.stop()
     sys.stdout.buffer.write(render(RenderInput(snap, stats.counts(), cfg.interval_seconds,
                                                cfg.metrics)))
     sys.stdout.flush()
@@ -121,8 +124,8 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
                                  cache)
 
         def publish(_: Snapshot) -> None:
-            # Cycles and events publish from their own threads: always the newest
-            # snapshot (poller.cfg: after a reload the options may differ).
+            # Always the newest snapshot (poller.cfg: after a reload the options may
+            # differ).
             with render_lock:
                 store.set(render())
 
@@ -132,7 +135,7 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
         rendered: list[Any] = [None, None, b""]  # snapshot, counts, bytes
 
         def own_families() -> bytes:
-            # Rendered again only when something changed: between cycles, nothing does.
+            # Rendered again only when something changed.
             snap, counts = poller.snapshot, (stats.counts(), poller.cfg.interval_seconds)
             if snap is not rendered[0] or counts != rendered[1]:
                 rendered[:] = [snap, counts, own.render()]

@@ -1,4 +1,4 @@
-"""The data model: what one collection cycle learned about one account.
+"""The data model: what the exporter serves of each account.
 
 Everything here is immutable, so a snapshot can be handed from the poller thread to the
 web threads without locks: the poller builds new objects and swaps one reference.
@@ -7,7 +7,7 @@ web threads without locks: the poller builds new objects and swaps one reference
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 # "Active" or "Inactive"; any other status AWS reports (botocore's model lists "Expired")
@@ -35,8 +35,8 @@ class User:
     tags: tuple[tuple[str, str], ...] = ()
     # Tagged with the exemption tag: left out of the key-count alerts.
     exempt: bool = False
-    # Why the keys are the last known ones rather than read in this cycle ("AccessDenied",
-    # "Throttling", "DeadlineExceeded", ...); "" when read fresh.
+    # Why the keys are the last known ones: the last read failed ("AccessDenied",
+    # "Throttling", ...); "" when the last read succeeded.
     stale: str = ""
 
     def count(self, status: KeyStatus) -> int:
@@ -63,7 +63,7 @@ class Discovery:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """A non-fatal gap of a cycle: the data is served, but this part is missing."""
+    """A non-fatal gap: the data is served, but this part could not be read."""
 
     operation: str
     code: str
@@ -78,6 +78,8 @@ class KeyTotals(NamedTuple):
     active: int
     inactive: int
     multi_active_users: int
+    # Every status (Active and Inactive always, any other AWS reports as it comes).
+    by_status: Mapping[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,42 +89,30 @@ class AccountInventory:
     users: tuple[User, ...]
     summary: AccountSummary = field(default_factory=AccountSummary)
     report_generated: float | None = None  # credential report GeneratedTime, unix seconds
-    # Non-fatal gaps of the cycle (e.g. GetAccountSummary denied).
+    # Non-fatal gaps (e.g. GetAccountSummary denied).
     warnings: tuple[Gap, ...] = ()
     # Whether every key's last use (or "never used") is known; None: not collected.
     last_used_complete: bool | None = None
     # Users whose keys could not be read and have no last known keys: (name, path, reason).
     unread: tuple[tuple[str, str, str], ...] = ()
-    # Unix time the data is as of: the cycle's start (list), the report's generation
-    # (credential-report). An event read after it is newer and survives this data.
-    data_time: float = 0.0
-
-    def with_user(self, name: str, user: User | None) -> AccountInventory:
-        """This inventory with one user replaced, added, or (None) removed."""
-        users = [u for u in self.users if u.name != name]
-        if user is not None:
-            users.append(user)
-            users.sort(key=lambda u: u.name)
-        unread = tuple(x for x in self.unread if x[0] != name)
-        return replace(self, users=tuple(users), unread=unread)
-
     def key_totals(self) -> KeyTotals:
-        active = inactive = multi = 0
+        by_status = dict.fromkeys(STATUSES, 0)
+        multi = 0
         for user in self.users:
-            n = user.count("Active")
-            active += n
-            inactive += user.count("Inactive")
-            if n > 1 and not user.exempt:
+            for k in user.keys:
+                by_status[k.status] = by_status.get(k.status, 0) + 1
+            if not user.exempt and user.count("Active") > 1:
                 multi += 1
-        return KeyTotals(active, inactive, multi)
+        return KeyTotals(by_status["Active"], by_status["Inactive"], multi, by_status)
 
 
 @dataclass(frozen=True, slots=True)
 class AccountState:
-    """One account's line in the snapshot: its freshest good data and how the last cycle went.
+    """One account's line in the snapshot: what the store holds and how the account's
+    reads are going.
 
-    ``inventory`` is the last *good* inventory; it survives failed cycles so alerts do not
-    resolve just because AWS hiccupped.
+    ``inventory`` survives failures (the store keeps every user's last read), so alerts
+    do not resolve just because AWS hiccupped.
     """
 
     key: str  # stable target key (role ARN or "self")
@@ -132,28 +122,27 @@ class AccountState:
     success: bool
     duration: float
     last_success: float | None
-    error: str | None = None  # error class of the last cycle, if it failed
+    error: str | None = None  # error class of the last account-wide failure, if failing
     # The per-user series were withdrawn: no success for collection.max_stale_seconds.
     withdrawn: bool = False
+    # Freshness: read time of the least recently read user, users never read, and the
+    # IAM requests per second that reading every user once per interval takes.
+    oldest_read: float | None = None
+    never_read: int = 0
+    needed_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     accounts: tuple[AccountState, ...] = ()
-    cycles: int = 0
+    # When it was taken; None until the watched accounts are known.
     completed_at: float | None = None
-    # Failed cycles so far, by (account_id, error class): a counter carried across cycles.
+    # Account-wide failures so far, by (account_id, error class): a counter.
     error_counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
     # How the last Organizations discovery went; None when discovery is off.
     discovery: Discovery | None = None
     shard: tuple[int, int] = (0, 1)  # (index, total)
-    # The last cycle took longer than the interval.
-    overrun: bool = False
-
-    @property
-    def ready(self) -> bool:
-        """A cycle has finished and there is data to serve (some account succeeded once),
-        or this replica has no account to watch (a shard left empty must not stall a
-        rollout)."""
-        return self.completed_at is not None and (
-            not self.accounts or any(a.inventory is not None for a in self.accounts))
+    # Every watched account was listed and each of its users read once since start (an
+    # account whose listing failed counts once it failed; a shard with no accounts is
+    # ready at once).
+    ready: bool = False

@@ -210,7 +210,9 @@ class App:
 
     def readyz(self, _: WSGIEnvironment) -> Response:
         if not self.store.exposition.snapshot.ready:
-            return "503 Service Unavailable", [], b"no collection cycle has succeeded yet\n"
+            return ("503 Service Unavailable", [],
+                    b"not every watched account has been listed and each of its users "
+                    b"read once yet\n")
         return "200 OK", [], b"ready\n"
 
     def reload(self) -> None:
@@ -234,7 +236,7 @@ class App:
                 "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
                     st.account_id, st.name, "ok" if st.success else f"failed: {st.error}",
                     users, f"{st.duration:.2f}s", when)) + "</tr>")
-        table = "\n".join(rows) or '<tr><td colspan="6">first cycle not finished</td></tr>'
+        table = "\n".join(rows) or '<tr><td colspan="6">no account listed yet</td></tr>'
         page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>iam-key-exporter</title></head>
 <body>
@@ -242,7 +244,7 @@ class App:
 <p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> ·
 <a href="/readyz">/readyz</a></p>
 <table border="1" cellpadding="4">
-<tr><th>account</th><th>name</th><th>last cycle</th><th>users</th><th>duration</th>
+<tr><th>account</th><th>name</th><th>status</th><th>users</th><th>last pass</th>
 <th>last success</th></tr>
 {table}
 </table>

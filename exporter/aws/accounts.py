@@ -56,9 +56,9 @@ class AccountSet:
         if old is not None and old.settings() == client_settings(cfg, None):
             old.adopt(cfg)
             return old
-        self._self = Target(cfg, self._stats)
-        if old is not None:
-            self._self.account_id = old.account_id
+        # The id known already: the new budget registers under it, not "unknown".
+        self._self = Target(cfg, self._stats,
+                            account_id=old.account_id if old is not None else UNKNOWN_ACCOUNT)
         return self._self
 
     @staticmethod

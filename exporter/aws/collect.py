@@ -1,25 +1,30 @@
-"""One account, one cycle: run the account's strategy, last-used dates, tags and the
-account summary, and apply the user filters."""
+"""The reads of one account: its listing (who its users are, their tags, the account
+summary, the credential report) and one user's keys with their last-used dates.
+
+Each read says what IAM showed; the store keeps it by read time. Optional parts (tags,
+the summary, last-used dates) that fail become gaps, reported as such: they never fail
+the account, and never replace what was read before with nothing.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from dataclasses import dataclass, field
 
 from exporter.aws import credential_report, last_used, list_strategy
-from exporter.aws.errors import Deadline, DeadlineExceeded, error_code
-from exporter.aws.list_strategy import IamLists, KeysResult, Owner, UserRef
+from exporter.aws.errors import error_code
+from exporter.aws.list_strategy import IamLists, Owner, UserRef
 from exporter.aws.session import Target
 from exporter.aws.summary import account_summary
 from exporter.config import Config
-from exporter.inventory import AccountInventory, AccountSummary, Gap, User
+from exporter.inventory import AccessKey, AccountSummary, Gap
+from exporter.store import AccountExtras, Identity
 
-T = TypeVar("T")
+DENIED = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"})
 
 
-def _owner_of(cfg: Config) -> Callable[[UserRef], Owner]:
+def owner_of(cfg: Config) -> Callable[[UserRef], Owner]:
     """UserRef → its configured tags and whether the exemption tag is on it."""
     wanted = cfg.metrics.user_tags
     exempt_key, exempt_value = cfg.metrics.exempt_tag.key, cfg.metrics.exempt_tag.value
@@ -32,144 +37,129 @@ def _owner_of(cfg: Config) -> Callable[[UserRef], Owner]:
     return owner
 
 
-def _raise_if_credentials(e: Exception) -> None:
+def raise_if_credentials(e: BaseException) -> None:
     """A failed credential refresh (AssumeRole) fails the account, it is not a gap."""
     if getattr(e, "operation_name", None) == "AssumeRole":
         raise e
 
 
-def _list_refs(iam: IamLists, cfg: Config, deadline: Deadline,
-               gaps: list[Gap]) -> list[UserRef]:
-    """Users with the tags that matter in bulk; without the permission, users without
-    tags (a gap)."""
+@dataclass
+class Listing:
+    """What one listing of the account found."""
+
+    users: list[Identity]
+    extras: AccountExtras
+    # The credential report's keys by user name: with the credential-report strategy the
+    # users' keys themselves, with the list strategy the source of last-used dates.
+    report: dict[str, tuple[AccessKey, ...]] | None = None
+    gaps: list[Gap] = field(default_factory=list)
+
+
+def _identities(iam: IamLists, cfg: Config, gaps: list[Gap]) -> list[Identity]:
+    """Users with the tags that matter, in bulk; where that is denied, users with their
+    tags unknown (the store keeps the last known ones) and a gap."""
     tag_keys = {*cfg.metrics.user_tags, cfg.metrics.exempt_tag.key}
+    owner = owner_of(cfg)
     try:
-        return list_strategy.list_users_with_tags(iam, deadline, tag_keys)
-    except DeadlineExceeded:
-        raise
+        refs = list_strategy.list_users_with_tags(iam, tag_keys)
+        known = True
     except Exception as e:
         code = error_code(e)
         # Only this operation being denied is a gap; a denied AssumeRole (the credentials
         # refresh inside the first call) fails the account.
-        if (code not in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
+        if (code not in DENIED
                 or getattr(e, "operation_name", None) != "GetAccountAuthorizationDetails"):
             raise
         gaps.append(Gap("GetAccountAuthorizationDetails", code))
-        return list_strategy.list_users(iam, deadline)
-
-
-def _or_gap(operation: str, gaps: list[Gap], fallback: T, call: Callable[[], T]) -> T:
-    """call()'s result; when it fails, a gap (not a failure) and the fallback. The
-    deadline and a failed credential refresh (AssumeRole) still fail the account."""
-    try:
-        return call()
-    except DeadlineExceeded:
-        raise
-    except Exception as e:
-        _raise_if_credentials(e)
-        gaps.append(Gap(operation, error_code(e)))
-        return fallback
-
-
-@dataclass
-class _Listed:
-    users: tuple[User, ...]
-    unread: tuple[tuple[str, str, str], ...] = ()
-    generated: float | None = None  # credential report time, when one was read
-    root: int | None = None  # root keys from the report
-    complete: bool | None = None  # every key's last use known
-
-
-def _list_strategy(target: Target, cfg: Config, deadline: Deadline,
-                   gaps: list[Gap]) -> _Listed:
-    """Users and keys, with last-used dates matched from the credential report as the
-    keys come in; counts first, then dates as far as the deadline allows."""
-    mode = cfg.collection.last_used
-    matcher: last_used.ReportMatcher | None = None
-    out = _Listed(users=())
-    iam = target.iam()
-    if mode == "credential-report":
-        # Before the users are listed, not beside them: the two at once raise the
-        # cycle's memory peak by more than they save in time.
-        # Dates are optional, counts are not: the report may take half of what is left.
-        wait = cfg.collection.credential_report.wait_seconds
-        report_deadline = Deadline(max(deadline.remaining() / 2, 0.0))
-        try:
-            report = credential_report.fetch(iam, wait, report_deadline)
-        except Exception as e:
-            _raise_if_credentials(e)
-            gaps.append(Gap("GetCredentialReport", error_code(e)))
-            report = None
-        if report is not None:
-            matcher = last_used.ReportMatcher(report.users)
-            out.generated, out.root = report.generated, report.root_keys
-            del report  # the matcher lets go of each row as it is used
-    refs = _list_refs(iam, cfg, deadline, gaps)
+        refs = list_strategy.list_users(iam)
+        known = False
     filters = cfg.collection.users
-    if filters.active:
-        refs = [r for r in refs if filters.matches(r.name, r.path)]
-    keys: KeysResult = list_strategy.collect_keys(iam, refs, cfg.collection.concurrency,
-                                                  deadline, _owner_of(cfg), finish=matcher)
-    del refs
-    out.users, out.unread = keys.users, keys.unread
-    if mode == "off":
-        return out
-    missing = matcher.unmatched if matcher is not None else None
-    wanted = [(ui, ki) for ui, u in enumerate(out.users) for ki, k in enumerate(u.keys)
-              if missing is None or k.key_id in missing]
-    out.users, failed = last_used.fill_from_api(
-        iam, out.users, wanted, cfg.collection.concurrency, deadline,
-        target.last_used_cache)
-    out.complete = failed is None
-    if failed is not None:
-        gaps.append(Gap("GetAccessKeyLastUsed", failed))
+    out = []
+    for ref in refs:
+        if filters.active and not filters.matches(ref.name, ref.path):
+            continue
+        tags, exempt = owner(ref) if known else ((), False)
+        out.append(Identity(ref.name, ref.path, tags, exempt, tags_known=known))
     return out
 
 
-def collect_account(target: Target, cfg: Config, deadline: Deadline) -> AccountInventory:
-    """Collects one account; raises on failure (the poller keeps the last good data)."""
-    started = time.time()
-    account_id = target.resolve_account_id()
+def list_account(target: Target, cfg: Config, strategy: str) -> Listing:
+    """The account's users, the summary and (where wanted) the credential report.
+    Raises when the users cannot be listed (the account fails, its data is kept)."""
     iam = target.iam()
-    strategy = target.strategy or cfg.collection.strategy
-    filters = cfg.collection.users
     gaps: list[Gap] = []
-    if strategy == "list":
-        listed = _list_strategy(target, cfg, deadline, gaps)
-        data_time = started
-    else:
-        report = credential_report.fetch(iam, cfg.collection.credential_report.wait_seconds,
-                                         deadline)
-        users = report.users
-        if filters.active:
-            users = tuple(u for u in users if filters.matches(u.name, u.path))
+    extras = AccountExtras()
+    report = None
+    wait = cfg.collection.credential_report.wait_seconds
+    if strategy == "credential-report":
+        got = credential_report.fetch(iam, wait)
+        filters = cfg.collection.users
+        kept = [u for u in got.users if not filters.active or filters.matches(u.name, u.path)]
+        report = {u.name: u.keys for u in kept}
         if cfg.metrics.user_tags:
             # The report has no tags: read them in bulk only when labels are asked for.
-            owner = _owner_of(cfg)
-            owners = {r.name: owner(r) for r in _list_refs(iam, cfg, deadline, gaps)}
-            users = tuple(_with_owner(u, owners.get(u.name)) for u in users)
-        listed = _Listed(users, generated=report.generated, root=report.root_keys,
-                         complete=True)
-        data_time = report.generated or started
-    # A gap, not a failure: the keys are what matters; nor past the deadline.
-    summary = AccountSummary()
-    if deadline.remaining() > 0:
-        summary = _or_gap("GetAccountSummary", gaps, AccountSummary(),
-                          lambda: account_summary(iam))
-    if summary.root_access_keys_present is None and listed.root is not None:
-        summary = AccountSummary(int(listed.root > 0), summary.users)
-    return AccountInventory(
-        account_id=account_id,
-        strategy=strategy,
-        users=listed.users,
-        summary=summary,
-        report_generated=listed.generated,
-        warnings=tuple(gaps),
-        last_used_complete=listed.complete,
-        unread=listed.unread,
-        data_time=data_time,
-    )
+            tagged = {i.name: i for i in _identities(iam, cfg, gaps)}
+            users = [tagged.get(u.name) or Identity(u.name, u.path, tags_known=False)
+                     for u in kept]
+        else:
+            users = [Identity(u.name, u.path) for u in kept]
+        extras.report_generated, extras.root_keys = got.generated, got.root_keys
+    else:
+        if cfg.collection.last_used == "credential-report":
+            # Dates are optional, counts are not: a report that fails is a gap.
+            try:
+                got = credential_report.fetch(iam, wait)
+                report = {u.name: u.keys for u in got.users}
+                extras.report_generated, extras.root_keys = got.generated, got.root_keys
+            except Exception as e:
+                raise_if_credentials(e)
+                gaps.append(Gap("GetCredentialReport", error_code(e)))
+        users = _identities(iam, cfg, gaps)
+    try:
+        extras.summary = account_summary(iam)
+    except Exception as e:
+        raise_if_credentials(e)
+        gaps.append(Gap("GetAccountSummary", error_code(e)))
+        extras.summary = AccountSummary()
+    extras.gaps = {g.operation: g for g in gaps}
+    return Listing(users, extras, report, gaps)
 
 
-def _with_owner(user: User, owner: Owner | None) -> User:
-    return user if owner is None else replace(user, tags=owner[0], exempt=owner[1])
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """One user's keys as read, or None when the user no longer exists."""
+
+    keys: tuple[AccessKey, ...] | None
+    at: float
+    dates_complete: bool = True
+    gap: Gap | None = None  # a last-used date that could not be read
+
+
+def read_keys(target: Target, cfg: Config, name: str,
+              report: Mapping[str, tuple[AccessKey, ...]] | None) -> Keys:
+    """ListAccessKeys, then last-used dates: from the credential report where it has the
+    key (matched by creation time), else GetAccessKeyLastUsed (cached for hours)."""
+    iam = target.iam()
+    at = time.time()
+    keys = list_strategy.list_keys(iam, name)
+    if keys is None or cfg.collection.last_used == "off":
+        return Keys(keys, at)
+    slots = list(report.get(name, ())) if report is not None else []
+    out: list[AccessKey] = []
+    gap: Gap | None = None
+    for key in keys:
+        slot = (last_used.take_slot(slots, key.created)
+                if cfg.collection.last_used == "credential-report" else None)
+        if slot is not None:
+            out.append(AccessKey(key.key_id, key.status, key.created, key.slot,
+                                 slot.last_used))
+            continue
+        try:
+            out.append(AccessKey(key.key_id, key.status, key.created, key.slot,
+                                 last_used.cached_last_used(iam, key, target.last_used_cache)))
+        except Exception as e:
+            raise_if_credentials(e)
+            gap = gap or Gap("GetAccessKeyLastUsed", error_code(e))
+            out.append(key)
+    return Keys(tuple(out), at, gap is None, gap)
+

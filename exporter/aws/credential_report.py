@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from exporter.aws.errors import CredentialReportError, Deadline, client_error_code
+from exporter.aws.errors import CredentialReportError, client_error_code
 from exporter.inventory import AccessKey, KeyStatus, User
 
 if TYPE_CHECKING:
@@ -165,16 +165,16 @@ def _report_of(resp: Any) -> Report:
     return parse(content, when)
 
 
-def fetch(iam: IAMClient, wait_seconds: float, deadline: Deadline,
+def fetch(iam: IAMClient, wait_seconds: float,
           sleep: Callable[[float], None] = time.sleep, first_delay: float = 1.0) -> Report:
-    """Makes sure a fresh report exists, downloads it and parses it."""
+    """Makes sure a fresh report exists (waiting up to wait_seconds for AWS to generate
+    it), downloads it and parses it."""
     start = time.monotonic()
-    budget = min(wait_seconds, max(deadline.remaining(), 0.0))
+    budget = wait_seconds
     slept = 0.0  # counted too, so the budget holds whatever ``sleep`` really does
     delay = first_delay
     last = "not requested"
     while True:
-        deadline.check()
         try:
             state = iam.generate_credential_report().get("State", "")
             last = f"state {state}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from botocore.exceptions import BotoCoreError, ClientError
 
 
@@ -18,27 +16,8 @@ class CollectionError(Exception):
             self.code = code
 
 
-class DeadlineExceeded(CollectionError):
-    code = "DeadlineExceeded"
-
-
 class CredentialReportError(CollectionError):
     code = "CredentialReportError"
-
-
-class Deadline:
-    """A point in monotonic time after which a cycle stops making calls."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
-    def check(self) -> None:
-        if time.monotonic() >= self.at:
-            raise DeadlineExceeded(f"cycle deadline of {self.seconds:g}s exceeded")
 
 
 def error_code(exc: BaseException) -> str:

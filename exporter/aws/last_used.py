@@ -5,8 +5,8 @@ key, in one download that AWS reuses for 4 hours. The report has no key ids, so 
 report slot is matched to a key by its creation time (``access_key_N_last_rotated`` is
 the key's CreateDate, to the second). Only keys the report cannot match (created after
 the report, or the report is not available) cost one GetAccessKeyLastUsed each, and
-those answers are kept for a few hours, so a cycle never pays a second call per key
-again and again.
+those answers are kept for a few hours (CACHE_SECONDS): a user read again within that
+time costs no second call per key. With ``last_used: api`` every key is read that way.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from exporter.aws.errors import Deadline, client_error_code, error_code
-from exporter.aws.list_strategy import parallel_map
-from exporter.inventory import AccessKey, User
+from exporter.aws.errors import client_error_code
+from exporter.inventory import AccessKey
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
@@ -65,53 +63,6 @@ class LastUsedCache:
                 del self._data[k]
 
 
-class ReportMatcher:
-    """Matches each user's keys to the report's slots as the keys come in (from the
-    ListAccessKeys threads); the report's rows are let go as they are used."""
-
-    def __init__(self, report_users: Sequence[User]) -> None:
-        self._slots: dict[str, list[AccessKey]] = {u.name: list(u.keys) for u in report_users}
-        # Ids of the keys the report could not match (set.add is atomic in CPython).
-        self.unmatched: set[str] = set()
-
-    def match(self, name: str, keys: tuple[AccessKey, ...]
-              ) -> tuple[tuple[AccessKey, ...], list[int]]:
-        """The keys with their last-used dates, and the positions of those not matched."""
-        slots = self._slots.pop(name, [])
-        out: list[AccessKey] = []
-        missing: list[int] = []
-        for i, key in enumerate(keys):
-            slot = take_slot(slots, key.created)
-            if slot is None:
-                missing.append(i)
-                out.append(key)
-            else:
-                out.append(replace(key, last_used=slot.last_used))
-        return tuple(out), missing
-
-    def __call__(self, name: str, keys: tuple[AccessKey, ...]) -> tuple[AccessKey, ...]:
-        matched, missing = self.match(name, keys)
-        for i in missing:
-            key_id = keys[i].key_id
-            if key_id is not None:
-                self.unmatched.add(key_id)
-        return matched
-
-
-def match_report(users: Sequence[User], report_users: Sequence[User]
-                 ) -> tuple[tuple[User, ...], list[tuple[int, int]]]:
-    """Users with last-used dates from the report, and the (user, key) indexes of keys
-    the report could not match."""
-    matcher = ReportMatcher(report_users)
-    out: list[User] = []
-    unmatched: list[tuple[int, int]] = []
-    for ui, user in enumerate(users):
-        keys, missing = matcher.match(user.name, user.keys)
-        unmatched.extend((ui, ki) for ki in missing)
-        out.append(replace(user, keys=keys) if keys != user.keys else user)
-    return tuple(out), unmatched
-
-
 def take_slot(slots: list[AccessKey], created: float | None) -> AccessKey | None:
     """Removes and returns the slot created at ``created`` (to the report's second)."""
     if created is None:
@@ -134,57 +85,14 @@ def fetch_last_used(iam: IAMClient, key_id: str) -> float | None:
     return when.timestamp() if when is not None else None
 
 
-def fill_from_api(iam: IAMClient, users: tuple[User, ...], wanted: Sequence[tuple[int, int]],
-                  concurrency: int, deadline: Deadline,
-                  cache: LastUsedCache | None) -> tuple[tuple[User, ...], str | None]:
-    """Fills in the wanted keys from GetAccessKeyLastUsed (through the cache when given);
-    returns the users and, when some wanted key got no date, why (the first error code,
-    or DeadlineExceeded). A key whose call fails (denied, throttled through every retry)
-    or is not reached by the deadline keeps no date; the others, and every cached date,
-    are kept."""
+def cached_last_used(iam: IAMClient, key: AccessKey, cache: LastUsedCache) -> float | None:
+    """The key's last use through the cache (GetAccessKeyLastUsed when not cached)."""
+    if key.key_id is None:
+        return None
     now = time.time()
-    found: dict[tuple[int, int], float | None] = {}
-    todo: list[tuple[int, int]] = []
-    for ui, ki in wanted:
-        key_id = users[ui].keys[ki].key_id
-        if key_id is None:
-            continue
-        hit = cache.get(key_id, now) if cache is not None else None
-        if hit is not None:
-            found[(ui, ki)] = hit.last_used
-        else:
-            todo.append((ui, ki))
-
-    def one(pos: tuple[int, int]) -> tuple[float | None] | str:
-        key_id = users[pos[0]].keys[pos[1]].key_id
-        assert key_id is not None
-        try:
-            value = fetch_last_used(iam, key_id)
-        except Exception as e:
-            if getattr(e, "operation_name", None) == "AssumeRole":
-                raise
-            return error_code(e)
-        if cache is not None:
-            cache.put(key_id, value, time.time())
-        return (value,)
-
-    missing: str | None = None
-    for pos, got in zip(todo, parallel_map(one, todo, concurrency, deadline, "iam-lastused"),
-                        strict=True):
-        if isinstance(got, tuple):
-            found[pos] = got[0]
-        else:
-            missing = missing or got or "DeadlineExceeded"
-    if cache is not None:
-        cache.keep_only({k.key_id for u in users for k in u.keys if k.key_id})
-    if not found:
-        return users, missing
-    by_user: dict[int, dict[int, float | None]] = {}
-    for (ui, ki), value in found.items():
-        by_user.setdefault(ui, {})[ki] = value
-    out = list(users)
-    for ui, values in by_user.items():
-        out[ui] = replace(out[ui], keys=tuple(
-            replace(k, last_used=values[ki]) if ki in values else k
-            for ki, k in enumerate(out[ui].keys)))
-    return tuple(out), missing
+    hit = cache.get(key.key_id, now)
+    if hit is not None:
+        return hit.last_used
+    value = fetch_last_used(iam, key.key_id)
+    cache.put(key.key_id, value, time.time())
+    return value

@@ -9,7 +9,9 @@ credentials), so no cycle pays for an AssumeRole it does not need.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
+import xml.parsers.expat
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -150,21 +152,42 @@ def _instrument(client: Any, service: str, stats: ApiStats, target: Target) -> N
     events.register(f"after-call-error.{service}", after_call_error)
 
 
-def _enforce_content_length(client: Any) -> None:
-    """A body shorter than its Content-Length is a dropped connection, retried.
+def _unparsable(body: bytes, protocol: str) -> bool:
+    """Whether a 2xx answer's body cannot be what the protocol promises: empty, or not
+    well-formed XML or JSON."""
+    if not body.strip():
+        return True
+    try:
+        if "json" in protocol:
+            json.loads(body)
+        else:
+            xml.parsers.expat.ParserCreate().Parse(body, True)
+    except (ValueError, xml.parsers.expat.ExpatError):
+        return True
+    return False
 
-    botocore reads answers with urllib3's ``enforce_content_length`` off, so a body cut
-    short reaches the XML parser, whose ResponseParserError is raised outside botocore's
-    retries and fails the call at once. Raised from the send instead, it is the
-    ConnectionClosedError it really is, which every retry mode retries."""
+
+def harden(client: Any) -> None:
+    """Every answer that cannot be used is retried, like a dropped connection.
+
+    botocore reads bodies with urllib3's ``enforce_content_length`` off, and parses them
+    outside its retry loop: a body cut short, an empty 200 or truncated XML with a
+    matching Content-Length raise ResponseParserError at once, never retried and never
+    seen by ``needs-retry``. Checked right after the send, each is raised as the
+    ConnectionClosedError it amounts to, which every retry mode retries (and the request
+    accounting counts as an attempt)."""
     http = client._endpoint.http_session
     send = http.send
+    protocol = str(client.meta.service_model.protocol)
 
     def checked(request: Any) -> Any:
         response = send(request)
+        if request.stream_output:
+            return response
         expected = response.headers.get("content-length")
-        if (expected is not None and expected.isdigit() and not request.stream_output
-                and len(response.content) < int(expected)):
+        body = response.content
+        if ((expected is not None and expected.isdigit() and len(body) < int(expected))
+                or (200 <= response.status_code < 300 and _unparsable(body, protocol))):
             raise ConnectionClosedError(endpoint_url=request.url)
         return response
 
@@ -175,7 +198,7 @@ _loader_lock = threading.Lock()
 _shared_loader: Any = None
 
 
-def _core_session() -> botocore.session.Session:
+def core_session() -> botocore.session.Session:
     """A botocore session that shares one data loader (the parsed service models, a few
     MB each) with every other session, uses the regional STS endpoint, and parses
     timestamps without dateutil."""
@@ -202,13 +225,14 @@ class Target:
     """One watched account and its lazily built, cached clients."""
 
     def __init__(self, cfg: Config, stats: ApiStats,
-                 account: AccountConfig | None = None) -> None:
+                 account: AccountConfig | None = None,
+                 account_id: str = UNKNOWN_ACCOUNT) -> None:
         self._cfg = cfg
         self._stats = stats
         self.account = account
         self.key = account.role_arn if account else "self"
         self.name = (account.name or "") if account else ""
-        self.account_id = account.account_id if account else UNKNOWN_ACCOUNT
+        self.account_id = account.account_id if account else account_id
         self.strategy = account.strategy if account else None
         self.last_used_cache = LastUsedCache()
         self.budget = Budget(cfg.aws.max_requests_per_second)
@@ -242,7 +266,7 @@ class Target:
 
     def _base_session(self) -> boto3.Session:
         if self._base is None:
-            self._base = boto3.Session(botocore_session=_core_session(),
+            self._base = boto3.Session(botocore_session=core_session(),
                                        region_name=self._cfg.region)
         return self._base
 
@@ -270,7 +294,7 @@ class Target:
         creds = DeferredRefreshableCredentials(
             method="assume-role", refresh_using=fetcher.fetch_credentials
         )
-        core = _core_session()
+        core = core_session()
         core._credentials = creds  # type: ignore[attr-defined]  # botocore has no setter
         return boto3.Session(botocore_session=core, region_name=self._cfg.region)
 
@@ -281,7 +305,7 @@ class Target:
             config=self._boto_config(),
         )
         _instrument(client, service, self._stats, self)
-        _enforce_content_length(client)
+        harden(client)
         return client
 
     def client(self, service: str) -> Any:

@@ -1,4 +1,4 @@
-"""Re-reading one user from IAM, for an event: what a full cycle would have found for it.
+"""Re-reading one user from IAM, for an event: what a listing and a poll would find.
 
 At most two IAM calls: GetUser (existence, path and tags) only when the user is not
 already known or the user itself changed (CreateUser, DeleteUser, a tag change when tags
@@ -13,7 +13,7 @@ from collections.abc import Collection
 from dataclasses import replace
 from typing import Final, Literal
 
-from exporter.aws.collect import _owner_of
+from exporter.aws.collect import DENIED, owner_of
 from exporter.aws.errors import client_error_code
 from exporter.aws.last_used import take_slot
 from exporter.aws.list_strategy import NO_OWNER, IamLists, Owner, UserRef, list_keys
@@ -23,12 +23,12 @@ from exporter.inventory import AccessKey, User
 # A user outside collection.users: not exported, whatever IAM says.
 OUTSIDE: Final = "outside"
 _GONE: Final = "gone"
-ReadResult = User | None | Literal["outside"]
+# The user (None: gone, or OUTSIDE), and whether its path and tags were read now.
+ReadResult = tuple[User | Literal["outside"] | None, bool]
 
 # Events after which the user's path or existence may differ from what is known.
 _RECREATE = frozenset({"CreateUser", "DeleteUser"})
 _TAGS = frozenset({"TagUser", "UntagUser"})
-DENIED = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"})
 
 
 def tags_wanted(cfg: Config, strategy: str) -> bool:
@@ -46,7 +46,7 @@ def read_user(iam: IamLists, cfg: Config, strategy: str, name: str, known: User 
     found = (_identity(iam, cfg, name, wanted, known is not None)
              if known is None or changed else None)
     if found == _GONE:
-        return None
+        return None, True
     if isinstance(found, tuple):
         name, path, owner = found
     else:
@@ -54,19 +54,19 @@ def read_user(iam: IamLists, cfg: Config, strategy: str, name: str, known: User 
         name, path, owner = known.name, known.path, (known.tags, known.exempt)
     filters = cfg.collection.users
     if filters.active and not filters.matches(name, path):
-        return OUTSIDE
+        return OUTSIDE, True
     keys = list_keys(iam, name)
     if keys is None:
-        return None
+        return None, True
     return User(name=name, path=path, keys=_finish(keys, known, strategy),
-                tags=owner[0], exempt=owner[1])
+                tags=owner[0], exempt=owner[1]), isinstance(found, tuple)
 
 
 def _identity(iam: IamLists, cfg: Config, name: str, wanted: bool,
               known: bool) -> tuple[str, str, Owner] | Literal["gone"] | None:
     """GetUser: the user's name, path and owner tags, or "gone". When the call is denied,
     None for a known user (a role without iam:GetUser still gets its keys; its path and
-    tags follow at the next full cycle), else the error."""
+    tags follow at the next listing), else the error."""
     try:
         got = iam.get_user(UserName=name)["User"]
     except Exception as e:
@@ -80,7 +80,7 @@ def _identity(iam: IamLists, cfg: Config, name: str, wanted: bool,
     name = spelt if isinstance(spelt, str) and spelt.lower() == name.lower() else name
     path = str(got.get("Path") or "/")
     tags = {t["Key"]: t["Value"] for t in got.get("Tags") or ()}
-    return name, path, (_owner_of(cfg)(UserRef(name, path, tags)) if wanted else NO_OWNER)
+    return name, path, (owner_of(cfg)(UserRef(name, path, tags)) if wanted else NO_OWNER)
 
 
 def _finish(keys: tuple[AccessKey, ...], known: User | None,

@@ -2,8 +2,8 @@
 metric families.
 
 - ``account.AccountCollector``: one account's inventory (per user, per key, per account).
-- ``exporter.ExporterCollector``: the exporter's own health (cycles, errors, AWS calls).
-- ``reload.ReloadState``: the outcome of the last config reload.
+- ``exporter.ExporterCollector``: the exporter's own health (account failures, AWS calls).
+- ``config_reload.ReloadState``: the outcome of the last config reload.
 - ``exporter.events.stats.EventStats``: the event path (kept beside the consumer that
   counts into it).
 

@@ -21,7 +21,7 @@ def key_label(key: AccessKey, mode: str, position: int) -> str:
 
 
 def cached_note(interval: float) -> str:
-    return (f" Cached: collected by the exporter every {interval:g}s (plus jitter), "
+    return (f" Cached: each user is read every {interval:g}s and at once after an event, "
             "not at scrape time.")
 
 
@@ -63,10 +63,10 @@ class AccountCollector:
                       "Last time the access key was used, where known; absent for a key never "
                       "used." + c, key_labels)
         unread = _gauge("iam_user_unread",
-                        "1 for a user whose keys could not be read in the last cycle (reason: "
-                        "the error code, e.g. AccessDenied, Throttling, DeadlineExceeded): its "
-                        "last known keys are served, or none if it was never read; absent for "
-                        "users read fresh." + c, ["account_id", "user_name", "reason"])
+                        "1 for a user whose last read failed (reason: the error code, e.g. "
+                        "AccessDenied, Throttling): its last known keys are served, or none "
+                        "if it was never read; absent for users whose last read succeeded."
+                        + c, ["account_id", "user_name", "reason"])
         inv = st.inventory
         if inv is not None and opts.per_user:
             acct, mode = st.account_id, opts.access_key_id
@@ -107,16 +107,20 @@ class AccountCollector:
             fam["iam_exporter_last_success_timestamp_seconds"].add_metric(a, st.last_success)
         if st.withdrawn:
             fam["iam_exporter_inventory_withdrawn"].add_metric(a, 1)
+        if st.oldest_read is not None:
+            fam["iam_exporter_oldest_user_read_timestamp_seconds"].add_metric(a, st.oldest_read)
+        fam["iam_exporter_iam_request_rate_needed"].add_metric(a, st.needed_rate)
         inv = st.inventory
         if inv is not None:
             totals = inv.key_totals()
-            fam["iam_account_access_keys"].add_metric([*a, "Active"], totals.active)
-            fam["iam_account_access_keys"].add_metric([*a, "Inactive"], totals.inactive)
+            for status, n in totals.by_status.items():
+                fam["iam_account_access_keys"].add_metric([*a, status], n)
             fam["iam_account_users_with_multiple_active_keys"].add_metric(
                 a, totals.multi_active_users)
             fam["iam_account_watched_users"].add_metric(a, len(inv.users))
             fam["iam_account_unread_users"].add_metric(
                 a, sum(1 for u in inv.users if u.stale) + len(inv.unread))
+            fam["iam_account_never_read_users"].add_metric(a, st.never_read)
             if inv.last_used_complete is not None:
                 fam["iam_exporter_last_used_complete"].add_metric(
                     a, 1 if inv.last_used_complete else 0)
@@ -144,8 +148,10 @@ _ACCOUNT_FAMILIES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("iam_account_watched_users",
      "IAM users collected in the account (after the user filters).", True, ()),
     ("iam_account_unread_users",
-     "Watched users whose keys could not be read in the last cycle (see iam_user_unread).",
-     True, ()),
+     "Watched users whose last read failed (see iam_user_unread).", True, ()),
+    ("iam_account_never_read_users",
+     "Watched users listed but not read yet (after a start, or new users while the request "
+     "budget is behind).", False, ()),
     ("iam_account_users", "IAM users in the account (GetAccountSummary).", True, ()),
     ("iam_root_access_keys_present",
      "1 if the account's root user has an access key (GetAccountSummary).", True, ()),
@@ -155,21 +161,27 @@ _ACCOUNT_FAMILIES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("iam_account_info", "Watched AWS account; always 1. account_name is the configured "
      "alias, empty where none.", True, ("account_name",)),
     ("iam_exporter_collection_success",
-     "1 if the last collection cycle for the account succeeded, else 0 (the last good data "
-     "is still served).", False, ()),
+     "1 if the account's last pass (its listing and the reads it made due) succeeded, else "
+     "0 (every user's last good read is still served).", False, ()),
     ("iam_exporter_last_success_timestamp_seconds",
-     "Unix time of the last successful collection for the account.", False, ()),
+     "Unix time the account's last successful pass ended.", False, ()),
     ("iam_exporter_collection_duration_seconds",
-     "Wall time of the last collection cycle for the account (of the one running, while it "
-     "runs).", False, ()),
+     "Wall time of the account's last pass: from its listing until each user it listed was "
+     "read once.", False, ()),
+    ("iam_exporter_oldest_user_read_timestamp_seconds",
+     "Unix time of the least recent read among the account's users (its freshness floor; "
+     "credential-report strategy: the report's generation time).", False, ()),
+    ("iam_exporter_iam_request_rate_needed",
+     "IAM requests per second that reading every user of the account once per "
+     "interval_seconds takes; compare with iam_exporter_iam_request_budget.", False, ()),
     ("iam_exporter_inventory_withdrawn",
-     "1 if the account's per-user series were withdrawn because no cycle has succeeded for "
+     "1 if the account's per-user series were withdrawn because no pass has succeeded for "
      "longer than collection.max_stale_seconds.", False, ()),
     ("iam_exporter_last_used_complete",
      "1 if the last use (or no use) of every key of the account is known; where 0, a "
      "missing iam_access_key_last_used_timestamp_seconds does not mean never used.", False,
      ()),
     ("iam_exporter_collection_warnings",
-     "1 for each part the last successful cycle could not read (the rest was collected), "
-     "by operation and error code.", False, ("operation", "code")),
+     "1 for each part of the account that could not be read since its last listing (the "
+     "rest was), by operation and error code.", False, ("operation", "code")),
 )

@@ -1,4 +1,4 @@
-"""The exporter's own health: cycles, failed cycles, AWS calls, placement, build."""
+"""The exporter's own health: account failures, AWS calls, placement, build."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from exporter.inventory import Snapshot
 
 
 class ExporterCollector:
-    """Rendered at every scrape (counters move while a cycle runs)."""
+    """Rendered off the scrape path, every few seconds and at each publish (the web
+    store's refresh), so counters move between publishes."""
 
     def __init__(self, snapshot: Callable[[], Snapshot], api: Callable[[], ApiCounts],
                  interval: Callable[[], float]) -> None:
@@ -24,24 +25,16 @@ class ExporterCollector:
         snap, api = self._snapshot(), self._api()
         errors = CounterMetricFamily(
             "iam_exporter_collection_errors",
-            "Failed collection cycles by account and error class.",
+            "Account-wide failures (listing, credentials) by account and error class.",
             labels=["account_id", "error"])
         for (acct, code), n in sorted(snap.error_counts.items()):
             errors.add_metric([acct, code], n)
         yield errors
         yield from _api_families(api)
-        cycles = CounterMetricFamily("iam_exporter_cycles", "Completed collection cycles.")
-        cycles.add_metric([], snap.cycles)
         interval = GaugeMetricFamily(
             "iam_exporter_poll_interval_seconds",
-            "Configured time between collection cycles (before jitter).")
+            "interval_seconds: the target age of each user's read (the resync period).")
         interval.add_metric([], self._interval())
-        overrun = GaugeMetricFamily(
-            "iam_exporter_cycle_overrun",
-            "1 if the last cycle took longer than interval_seconds (the next one waited "
-            "collection.min_pause_seconds instead): the interval is too short for the "
-            "request budget.")
-        overrun.add_metric([], 1 if snap.overrun else 0)
         build = GaugeMetricFamily(
             "iam_exporter_build_info", "Build information; always 1.",
             labels=["version", "python_version"])
@@ -51,7 +44,7 @@ class ExporterCollector:
             "iam_exporter_shard_info", "This replica's shard of the accounts; always 1.",
             labels=["shard_index", "shard_total"])
         shard.add_metric([str(index), str(total)], 1)
-        yield from (cycles, interval, overrun, build, shard)
+        yield from (interval, build, shard)
         disc = snap.discovery
         if disc is not None:
             found = GaugeMetricFamily(

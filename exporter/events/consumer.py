@@ -1,11 +1,14 @@
-"""The event thread: long-polls the SQS queue, re-reads the users the events name, and
-hands them to the poller, which publishes at once.
+"""The event thread: long-polls the SQS queue and puts the users the events name at the
+head of their account's read queue; the read is published at once.
 
 A batch is what one long poll returns plus what is already waiting behind it (up to
 MAX_BATCH messages), so a burst of events for one user costs one re-read. A message is
-deleted only once it is applied or known to need nothing; an unreadable one is left for
-the queue's redrive policy (dead-letter queue), a failed re-read for a retry after the
-visibility timeout. Nothing here can end the thread, and SQS errors only slow it down.
+deleted once its user was read, or is known to need nothing. An unreadable one is left
+for the queue's redrive policy (the dead-letter queue). One whose user could not be read
+comes back after a back-off, up to TRIES receives; then it is deleted and the user stays
+at the head of its account's queue until IAM answers, so a valid event is never
+dead-lettered for a slow or failing read. Nothing here can end the thread, and SQS
+errors only slow it down.
 """
 
 from __future__ import annotations
@@ -17,28 +20,29 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from exporter.aws.errors import Deadline, error_code
-from exporter.aws.list_strategy import parallel_map
+from exporter.aws.errors import error_code
 from exporter.aws.session import UNKNOWN_ACCOUNT, Target
-from exporter.aws.user import OUTSIDE, read_user
 from exporter.config import Config
 from exporter.events import message, queue
 from exporter.events.queue import Message
 from exporter.events.stats import EventStats
-from exporter.inventory import User
+from exporter.workqueue import Ticket
 
 if TYPE_CHECKING:
-    from exporter.poller import Poller, UserChange
+    from exporter.poller import Poller
 
 log = logging.getLogger("exporter.events")
 
 MAX_BATCH = 100  # messages handled together (10 receives)
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 DEAD_LETTER_EVERY = 60.0
-READY_WAIT = 0.2  # while the poller's first cycle has not told which accounts it watches
+READY_WAIT = 0.2  # while the poller has not resolved which accounts it watches
 STOP_WAIT = 1.0
-# Users re-read at once in one batch (each account's request budget still applies).
-MAX_PARALLEL = 8
+# How long a batch waits for its users' reads (at most half the visibility timeout).
+SETTLE_MAX = 20.0
+# Receives of a message whose re-read failed before it is deleted and its user left
+# first in the account's queue (kept below the redrive policy's maxReceiveCount).
+TRIES = 3
 
 
 @dataclass
@@ -50,20 +54,13 @@ class _Group:
     events: set[str] = field(default_factory=set)
     messages: list[int] = field(default_factory=list)
     newest: float | None = None  # newest event time among them
+    ticket: Ticket | None = None
 
     def add(self, index: int, event: str, when: float | None) -> None:
         self.messages.append(index)
         self.events.add(event)
         if when is not None and (self.newest is None or when > self.newest):
             self.newest = when
-
-
-@dataclass(frozen=True, slots=True)
-class _Read:
-    read_at: float
-    name: str  # as IAM spells it
-    user: User | None  # None: gone (or outside)
-    outside: bool = False  # outside collection.users: not exported
 
 
 class Consumer:
@@ -78,6 +75,7 @@ class Consumer:
         self._dead_letter_every = dead_letter_every
         self._next_dead_letter = 0.0
         self._dead_letter_unreadable = False
+        self._tries = TRIES
         self._backoff = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,10 +108,10 @@ class Consumer:
     def step(self) -> None:
         """One long poll and its batch."""
         self._sample_dead_letter()
-        # Until the first cycle has resolved the watched accounts (and the id of the
-        # default credentials' account), an event's account cannot be told apart from
-        # one not watched: leave the messages in the queue meanwhile.
-        if self._poller.snapshot.completed_at is None:
+        # Until the poller has resolved the watched accounts (and the id of the default
+        # credentials' account), an event's account cannot be told apart from one not
+        # watched: leave the messages in the queue meanwhile.
+        if not self._poller.resolved:
             self._stop.wait(READY_WAIT)
             return
         messages = self._receive()
@@ -181,8 +179,12 @@ class Consumer:
         self._next_dead_letter = now + self._dead_letter_every
         try:
             sqs = self._client()
-            url = queue.dead_letter_url(sqs, self._url, self._cfg.events.dead_letter_queue_url)
+            redrive = queue.redrive(sqs, self._url, self._cfg.events.dead_letter_queue_url)
+            url = redrive.dead_letter_url
             self.stats.dead_letter = queue.depth(sqs, url) if url else None
+            if redrive.max_receives is not None:
+                # Deleted on the last receive before the redrive policy would move it.
+                self._tries = max(min(TRIES, redrive.max_receives), 1)
             self._dead_letter_unreadable = False
         except Exception as e:  # no sample; nothing else depends on it
             self.stats.dead_letter = None
@@ -223,85 +225,61 @@ class Consumer:
             if group is None:
                 group = groups[key] = _Group(target, got.user_name)
             group.add(i, got.event_name, got.event_time or _sent(msg))
-        changes, newest = self._reread(list(groups.values()), results)
-        if changes:
-            self._poller.apply(changes)
-            if newest is not None:
-                self.stats.applied(time.time(), newest)
-        done = [m for m, r in zip(messages, results, strict=True) if r in ("applied", "ignored")]
+        for g in groups.values():
+            g.ticket = self._poller.request(g.target, g.name, g.events)
+        newest = self._settle(list(groups.values()), results, messages)
+        if newest is not None:
+            self.stats.applied(time.time(), newest)
+        done = [i for i, r in enumerate(results) if r in ("applied", "ignored", "handed_over")]
         if done:
-            queue.delete(self._client(), self._url, done)
+            for i in queue.delete(self._client(), self._url, [messages[i] for i in done]):
+                results[done[i]] = "delete_failed"
+        retry = [messages[i] for i, r in enumerate(results) if r == "failed"]
+        if retry:
+            queue.back_off(self._client(), self._url, retry,
+                           self._cfg.events.visibility_timeout_seconds)
         counts = Counter(results)
         self.stats.results(counts)
+        if counts["delete_failed"]:
+            self.stats.delete_failed(counts["delete_failed"])
         log.debug("event batch handled", extra={
             "messages": len(messages), "users": len(groups), **counts,
             "took_s": round(time.monotonic() - started, 3)})
 
-    def _reread(self, groups: list[_Group], results: list[str]
-                ) -> tuple[list[UserChange], float | None]:
-        """Re-reads each group's user; sets its messages' results. Returns the changes
-        and the newest applied event time."""
-        if not groups:
-            return [], None
-        cfg = self._poller.cfg
-        known = self._known(groups)
-
-        def one(g: _Group) -> _Read | str:
-            read_at = time.time()
-            was = known.get((g.target.key, g.name.lower()))
-            strategy = g.target.strategy or cfg.collection.strategy
-            try:
-                got = read_user(g.target.iam(), cfg, strategy, g.name, was, g.events)
-            except Exception as e:  # throttled, denied, network: retried later
-                return error_code(e)
-            if got == OUTSIDE:
-                return _Read(read_at, g.name, None, outside=True)
-            if isinstance(got, User):
-                return _Read(read_at, got.name, got)
-            # Gone: removed under the name it is known by.
-            return _Read(read_at, was.name if was is not None else g.name, None)
-
-        deadline = Deadline(max(float(self._cfg.events.visibility_timeout_seconds), 5.0))
-        outcomes = parallel_map(one, groups, min(cfg.collection.concurrency, MAX_PARALLEL),
-                                deadline, "iam-events")
-        changes: list[UserChange] = []
+    def _settle(self, groups: list[_Group], results: list[str],
+                messages: list[Message]) -> float | None:
+        """Waits (bounded) for each group's read; sets its messages' results. Returns the
+        newest applied event time."""
+        wait = min(self._cfg.events.visibility_timeout_seconds / 2, SETTLE_MAX)
+        end = time.monotonic() + wait
         newest: float | None = None
-        for g, out in zip(groups, outcomes, strict=True):
-            if not isinstance(out, _Read):
-                result = "failed"
-                log.warning("could not re-read a user for its events; they will be retried",
-                            extra={"account_id": g.target.account_id, "user_name": g.name,
-                                   "error": out or "DeadlineExceeded"})
-            elif out.outside:
+        for g in groups:
+            ticket = g.ticket
+            if ticket is None:  # its account stopped being watched meanwhile
                 result = "ignored"
+            elif ticket.wait(max(end - time.monotonic(), 0.0)) and ticket.ok:
+                result = "ignored" if ticket.error == "outside" else "applied"
+                if result == "applied" and g.newest is not None:
+                    newest = g.newest if newest is None else max(newest, g.newest)
             else:
-                changes.append((g.target.key, out.name, out.user, out.read_at))
-                result = "applied"
-                if g.newest is not None and (newest is None or g.newest > newest):
-                    newest = g.newest
+                # Failed or slow: the message comes back after a back-off, a few times;
+                # then it is deleted, and its user stays first in the account's queue
+                # until IAM answers (never dead-lettered for a slow or failing read).
+                receives = max((_receives(messages[i]) for i in g.messages), default=1)
+                result = "handed_over" if receives >= self._tries else "failed"
             for i in g.messages:
                 results[i] = result
-        return changes, newest
-
-    def _known(self, groups: list[_Group]) -> dict[tuple[str, str], User]:
-        """The groups' users as the served inventory has them, by (target key, name in
-        lower case)."""
-        wanted = {(g.target.key, g.name.lower()) for g in groups}
-        keys = {k for k, _ in wanted}
-        out: dict[tuple[str, str], User] = {}
-        for st in self._poller.snapshot.accounts:
-            if st.key in keys and st.inventory is not None:
-                for u in st.inventory.users:
-                    k = (st.key, u.name.lower())
-                    if k in wanted:
-                        out[k] = u
-        return out
-
+        return newest
 
 def _attribute(msg: Message, name: str) -> str | None:
     attrs = msg.get("Attributes")
     value = attrs.get(name) if isinstance(attrs, dict) else None
     return value if isinstance(value, str) else None
+
+
+def _receives(msg: Message) -> int:
+    raw = _attribute(msg, "ApproximateReceiveCount")
+    return int(raw) if raw is not None and raw.isdigit() else 1
 
 
 def _sent(msg: Message) -> float | None:

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,7 +14,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 
 from exporter import __version__
-from exporter.aws.session import _core_session
+from exporter.aws.session import core_session, harden
 from exporter.config import Config
 
 log = logging.getLogger("exporter.events")
@@ -43,14 +44,16 @@ def client(cfg: Config, queue_url: str) -> Any:
     """An SQS client from the exporter's own credentials (the default chain), at
     aws.endpoint_url like every other service. The read timeout outlasts a long poll."""
     region = region_of(queue_url, cfg.region)
-    session = boto3.Session(botocore_session=_core_session(), region_name=region)
-    return session.client(
+    session = boto3.Session(botocore_session=core_session(), region_name=region)
+    sqs = session.client(
         "sqs", endpoint_url=cfg.endpoint_url,
         config=BotoConfig(
             region_name=region, retries={"mode": "standard"},
             connect_timeout=cfg.aws.connect_timeout_seconds,
             read_timeout=max(cfg.aws.read_timeout_seconds, cfg.events.wait_seconds + 10.0),
             user_agent_extra=f"iam-key-exporter/{__version__}"))
+    harden(sqs)
+    return sqs
 
 
 def receive(sqs: Any, queue_url: str, wait: int, visibility: int) -> list[Message]:
@@ -60,10 +63,10 @@ def receive(sqs: Any, queue_url: str, wait: int, visibility: int) -> list[Messag
     return list(resp.get("Messages") or ())
 
 
-def delete(sqs: Any, queue_url: str, messages: Sequence[Message]) -> int:
-    """Deletes the messages, 10 a request; returns how many could not be deleted (they
-    come back after the visibility timeout and are handled again: harmless)."""
-    failed = 0
+def delete(sqs: Any, queue_url: str, messages: Sequence[Message]) -> list[int]:
+    """Deletes the messages, 10 a request; returns the positions of those that could not
+    be deleted (they come back after the visibility timeout and are handled again)."""
+    failed: list[int] = []
     for i in range(0, len(messages), BATCH):
         chunk = messages[i:i + BATCH]
         entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]}
@@ -73,30 +76,61 @@ def delete(sqs: Any, queue_url: str, messages: Sequence[Message]) -> int:
         except Exception as e:
             log.warning("could not delete handled messages; they will be handled again",
                         extra={"messages": len(chunk), "error": type(e).__name__})
-            failed += len(chunk)
+            failed += range(i, i + len(chunk))
             continue
         for f in resp.get("Failed") or ():
             log.warning("could not delete a handled message; it will be handled again",
                         extra={"message_id": chunk[int(f["Id"])].get("MessageId"),
                                "error": f.get("Code")})
-            failed += 1
+            failed.append(i + int(f["Id"]))
     return failed
 
 
-def dead_letter_url(sqs: Any, queue_url: str, configured: str | None) -> str | None:
-    """The configured dead-letter queue, else the one the queue's redrive policy names
-    (SQS keeps it in the same account and region: the URL's last segment swapped)."""
-    if configured:
-        return configured
+# A message whose user could not be read comes back after this long, doubling per
+# receive (at most the visibility timeout).
+BACK_OFF = 5
+
+
+def back_off(sqs: Any, queue_url: str, messages: Sequence[Message], visibility: int) -> None:
+    """Makes the messages visible again after a back-off that grows with their receives.
+    Best effort: where it fails, they come back after the visibility timeout."""
+    for i in range(0, len(messages), BATCH):
+        entries = []
+        for n, m in enumerate(messages[i:i + BATCH]):
+            raw = (m.get("Attributes") or {}).get("ApproximateReceiveCount", "1")
+            receives = int(raw) if str(raw).isdigit() else 1
+            wait = min(BACK_OFF * 2 ** max(receives - 1, 0), visibility)
+            entries.append({"Id": str(n), "ReceiptHandle": m["ReceiptHandle"],
+                            "VisibilityTimeout": wait})
+        try:
+            sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+        except Exception as e:
+            log.info("could not set the messages' back-off; they come back after the "
+                     "visibility timeout", extra={"error": type(e).__name__})
+
+
+@dataclass(frozen=True, slots=True)
+class Redrive:
+    dead_letter_url: str | None
+    max_receives: int | None  # the redrive policy's maxReceiveCount
+
+
+def redrive(sqs: Any, queue_url: str, configured: str | None) -> Redrive:
+    """The queue's redrive policy: its dead-letter queue (the configured one, else the
+    one the policy names; SQS keeps it in the same account and region: the URL's last
+    segment swapped) and its maxReceiveCount."""
     attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
     raw = (attrs.get("Attributes") or {}).get("RedrivePolicy")
-    if not raw:
-        return None
-    arn = json.loads(raw).get("deadLetterTargetArn")
+    policy = json.loads(raw) if raw else {}
+    count = policy.get("maxReceiveCount")
+    receives = int(count) if isinstance(count, int | str) and str(count).isdigit() else None
+    if configured:
+        return Redrive(configured, receives)
+    arn = policy.get("deadLetterTargetArn")
     m = _ARN_NAME_RE.match(arn) if isinstance(arn, str) else None
     if m is None:
-        return None
-    return f"{queue_url.rstrip('/').rsplit('/', 1)[0]}/{m.group(1)}"
+        return Redrive(None, receives)
+    return Redrive(f"{queue_url.rstrip('/').rsplit('/', 1)[0]}/{m.group(1)}", receives)
 
 
 def depth(sqs: Any, queue_url: str) -> float:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-RESULTS = ("applied", "ignored", "invalid", "failed")
+RESULTS = ("applied", "ignored", "invalid", "failed", "handed_over", "delete_failed")
 
 
 class EventStats:
@@ -19,6 +19,7 @@ class EventStats:
         self._received = 0
         self._results: Counter[str] = Counter({r: 0 for r in RESULTS})
         self._errors: Counter[str] = Counter()
+        self._delete_failures = 0
         # None until known: no sample rather than a made-up value.
         self.queue_up: bool | None = None
         self.last_applied: float | None = None
@@ -32,6 +33,10 @@ class EventStats:
     def results(self, counts: Counter[str]) -> None:
         with self._lock:
             self._results.update(counts)
+
+    def delete_failed(self, n: int) -> None:
+        with self._lock:
+            self._delete_failures += n
 
     def receive_error(self, code: str) -> None:
         with self._lock:
@@ -50,6 +55,7 @@ class EventStats:
         with self._lock:
             received, results = self._received, dict(self._results)
             errors = dict(self._errors)
+            delete_failures = self._delete_failures
         total = CounterMetricFamily(
             "iam_exporter_events_received", "SQS messages received from the events queue.")
         total.add_metric([], received)
@@ -58,7 +64,10 @@ class EventStats:
             "Received messages by result: applied (the user was re-read and published), "
             "ignored (not needed: another event, a failed call, an account not watched), "
             "invalid (unreadable; left for the dead-letter queue), failed (the re-read "
-            "failed; left for a retry).", labels=["result"])
+            "failed; the message comes back after a back-off), handed_over (the re-read "
+            "failed on the last try: deleted, the user stays first in its account's queue "
+            "until IAM answers), delete_failed (handled, but SQS did not delete it: it "
+            "comes back).", labels=["result"])
         for result in RESULTS:
             by_result.add_metric([result], results[result])
         errs = CounterMetricFamily(
@@ -66,7 +75,11 @@ class EventStats:
             "Failed SQS ReceiveMessage calls by error code.", labels=["code"])
         for code, n in sorted(errors.items()):
             errs.add_metric([code], n)
-        yield from (total, by_result, errs)
+        deletes = CounterMetricFamily(
+            "iam_exporter_events_delete_failures",
+            "Handled messages SQS failed to delete (they come back and are handled again).")
+        deletes.add_metric([], delete_failures)
+        yield from (total, by_result, errs, deletes)
         gauges = (
             ("iam_exporter_events_queue_up",
              "1 if the last SQS ReceiveMessage succeeded, else 0.",
