@@ -229,7 +229,7 @@ class FakeIam:
         return self._call("/_fake/forget-report")
 
     def generate_reports(self) -> dict[str, Any]:
-        """A credential report ready in every account, as after an earlier cycle."""
+        """A credential report ready in every account, as after an earlier pass."""
         return self._call("/_fake/generate-reports")
 
     def change_key(self, account: str, user: str, action: str, key_id: str | None = None,

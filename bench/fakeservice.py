@@ -274,7 +274,7 @@ class FakeIamService:
             self.configure(args)
         elif path in ("/_fake/forget-report", "/_fake/generate-reports"):
             # Forget, or have a credential report ready in every account (as after the
-            # exporter's previous cycle: AWS keeps one for 4 hours).
+            # exporter's previous pass: AWS keeps one for 4 hours).
             started = time.time() if path.endswith("generate-reports") else None
             for acct in self.accounts.values():
                 acct.report_started, acct.report_body = started, None

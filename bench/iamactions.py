@@ -165,6 +165,14 @@ def get_account_authorization_details(acct: Account, p: Params) -> str:
             f"{_more('GetAccountAuthorizationDetails', end, len(users))}")
 
 
+def get_user(acct: Account, p: Params) -> str:
+    """The named user with its tags (the exporter re-reads a user it does not know yet
+    this way when an event names it)."""
+    u = _user(acct, p)
+    tags = f"<Tags>{_tags_xml(u.tags)}</Tags>" if u.tags else ""
+    return f"<User>{_user_xml(acct, u)}{tags}</User>"
+
+
 def list_user_tags(acct: Account, p: Params) -> str:
     u = _user(acct, p)
     return f"<Tags>{_tags_xml(u.tags)}</Tags><IsTruncated>false</IsTruncated>"
@@ -179,4 +187,5 @@ HANDLERS: dict[str, Callable[[Account, Params], str]] = {
     "GetCredentialReport": get_credential_report,
     "GetAccountAuthorizationDetails": get_account_authorization_details,
     "ListUserTags": list_user_tags,
+    "GetUser": get_user,
 }

@@ -147,6 +147,7 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
         pollers.append(poller)
         stops.append(poller.stop)
         live = Live()  # per scrape: process metrics, reload state, events
+        drain: list[Callable[[], None]] = []
         if cfg.events.queue_url:
             from exporter.events.consumer import Consumer
 
@@ -154,6 +155,7 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
             live.registry.register(consumer.stats)
             consumer.start()
             stops.append(consumer.stop)
+            drain.append(consumer.stop)
         poller.start()
         log.info("poller started", extra={
             "accounts": len(cfg.accounts), "strategy": cfg.collection.strategy,
@@ -162,7 +164,9 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
             "events": bool(cfg.events.queue_url)})
         reloader = (Reloader(reload_config, cfg, poller.reconfigure, web_config)
                     if reload_config is not None else None)
-        return web.App(store, poller, web_config=web_config, reloader=reloader, live=live)
+        app = web.App(store, poller, web_config=web_config, reloader=reloader, live=live)
+        app.on_drain.extend(drain)
+        return app
 
     def on_exit() -> None:
         for stop in stops:
@@ -227,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(config.dump(cfg))
         return EXIT_OK
     logs.setup(cfg.log_format, cfg.log_level)
+    for key in cfg.deprecated():
+        log.warning("config key is deprecated and ignored: the exporter reads users "
+                    "continuously, without collection cycles; remove it", extra={"key": key})
     if command == "once":
         return _collect_once(cfg)
     if command == "demo":

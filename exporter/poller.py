@@ -167,14 +167,16 @@ class Poller:
     def _publisher(self) -> None:
         last = 0.0
         while not self._stop.is_set():
-            self._dirty.wait(PUBLISH_SECONDS)
+            if not self._dirty.wait(1.0):
+                continue  # nothing changed: nothing to render
+            # Polls are published at most every PUBLISH_SECONDS, an event at once (with
+            # whatever arrives in the next moment).
+            while (not self._urgent and not self._stop.is_set()
+                   and time.monotonic() - last < PUBLISH_SECONDS):
+                time.sleep(URGENT_SECONDS)
             if self._stop.is_set():
                 return
-            if not self._urgent and time.monotonic() - last < PUBLISH_SECONDS:
-                time.sleep(URGENT_SECONDS)
-                continue
-            if self._urgent:
-                time.sleep(URGENT_SECONDS)  # what else arrives with it joins it
+            time.sleep(URGENT_SECONDS if self._urgent else 0.0)
             self._urgent = False
             self._dirty.clear()
             last = time.monotonic()

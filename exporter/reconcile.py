@@ -68,11 +68,14 @@ class AccountLoop:
         self.duration = 0.0
         self.errors: Counter[str] = Counter()
         self.list_tried_at = 0.0  # when a listing last ended, well or not
-        self.list_failed_at = 0.0
+        self.failed_at = 0.0  # when an account-wide failure last happened
         self._failures = 0  # account-wide failures in a row
         # The pass: from a listing until each user it found was read once.
         self._pass_start: float | None = None
+        self.pass_ended_at = 0.0
         self._pass_left: set[str] = set()
+        # Users whose read ended since the running (or last) listing began.
+        self._read_while_listing: set[str] = set()
         self._pass_failed: str | None = None
 
     @property
@@ -106,7 +109,7 @@ class AccountLoop:
                         self._workers -= 1
                         return
                 continue
-            if self.queue.backlog() > 0:
+            if self.queue.has_due():
                 self._spawn()  # more is due: up to collection.concurrency calls at once
             try:
                 self._handle(item)
@@ -114,6 +117,10 @@ class AccountLoop:
                 log.exception("reading failed unexpectedly", extra={
                     "account_id": self.target.account_id, "user_name": item.name})
                 if item.kind == "read":
+                    # Tried, like any failed read: its last keys stay (marked), and the
+                    # pass and readiness do not wait for its retry.
+                    self.store.failed(item.name, "InternalError", time.time())
+                    self._progress(item.name)
                     self.queue.schedule(item.name, time.time() + RETRY_SECONDS)
                 elif item.kind == "list":
                     self.queue.list_at(time.time() + RETRY_SECONDS)
@@ -135,6 +142,7 @@ class AccountLoop:
     def _account_failed(self, e: BaseException, what: str) -> None:
         code = error_code(e)
         self._failures += 1
+        self.failed_at = time.time()
         pause = min(PAUSE_MIN * 2 ** (self._failures - 1), self.cfg.interval_seconds)
         self.queue.pause(pause)
         self.success, self.error = False, code
@@ -150,6 +158,8 @@ class AccountLoop:
     def _list(self) -> None:
         started = time.time()
         interval = self.cfg.interval_seconds
+        with self._lock:
+            self._read_while_listing = set()
         # A fresh client each interval: botocore's retry quota lives in the client, and
         # one drained by a throttling storm must not outlive it.
         self.target.fresh_iam()
@@ -157,33 +167,42 @@ class AccountLoop:
             self.store.account_id = self.target.resolve_account_id()
             listing = collect.list_account(self.target, self.cfg, self.strategy)
         except Exception as e:
-            self.list_tried_at = self.list_failed_at = time.time()
+            self.list_tried_at = time.time()
             self._account_failed(e, "listing the account's users")
             self.queue.list_at(time.time() + min(RETRY_SECONDS, interval))
             return
         self._failures = 0
+        # Listing works again: the account's reads are working (users IAM will not show
+        # are reported one by one).
+        self.success, self.error = True, None
         self.store.strategy = self.strategy
         self._report = listing.report
+        listed_at = started  # when IAM showed these users
         if self.strategy == "credential-report" and listing.report is not None:
-            at = listing.extras.report_generated or started
+            at = listed_at = listing.extras.report_generated or started
             for ident in listing.users:
                 self.store.observe(ident.name, listing.report.get(ident.name, ()), at,
                                    ident if ident.tags_known else None)
-        new, gone = self.store.listed_users(listing.users, started)
+        new, gone = self.store.listed_users(listing.users, listed_at)
         self.store.set_extras(listing.extras)
         if self.strategy == "list":
             for name in new:
                 self.queue.schedule(name, 0.0)  # never read: first, in listing order
         for name in gone:
             self.queue.forget(name)
+        # Cached last-used dates of deleted keys go (the cache never outgrows the account).
+        self.target.last_used_cache.keep_only(self.store.key_ids())
         with self._lock:
             if self._pass_start is None:  # a new pass: every user
                 self._pass_start, self._pass_failed = started, None
+                # (but those other workers read while the listing ran: not again)
                 self._pass_left = ({n.lower() for n, _ in self.store.members()}
+                                   - self._read_while_listing
                                    if self.strategy == "list" else set())
             else:  # the last pass goes on (the budget is behind): with the new users
                 self._pass_left |= {n.lower() for n in new}
             self._pass_left -= {n.lower() for n in gone}
+            self._read_while_listing = set()
         self.list_tried_at = time.time()
         self.queue.list_at(started + interval)
         self._progress(None)
@@ -194,17 +213,33 @@ class AccountLoop:
         with self._lock:
             if name is not None:
                 self._pass_left.discard(name.lower())
+                self._read_while_listing.add(name.lower())
             if self._pass_start is None or self._pass_left:
                 return
             now = time.time()
             self.duration = now - self._pass_start
-            self._pass_start = None
-            if self._pass_failed is None:
+            self._pass_start, self.pass_ended_at = None, now
+            failed = self._pass_failed
+            if failed is None:
                 self.success, self.error, self.last_success = True, None, now
+        # One line per account and interval (as the collection cycles logged).
+        inv = self.store.inventory()
+        totals = inv.key_totals()
+        log.info("pass done", extra={
+            "account_id": self.target.account_id, "account_name": self.target.name,
+            "strategy": inv.strategy, "users": len(inv.users),
+            "keys_active": totals.active, "keys_inactive": totals.inactive,
+            "multi_active_users": totals.multi_active_users,
+            "users_unread": sum(1 for u in inv.users if u.stale) + len(inv.unread),
+            "duration_s": round(self.duration, 3),
+            **({"error": failed} if failed is not None else {}),
+            **({"warnings": "; ".join(map(str, inv.warnings))} if inv.warnings else {})})
 
     # -- one user ------------------------------------------------------------------------
 
     def _read(self, name: str) -> None:
+        if self.strategy != "list":
+            return  # the credential report reads every user at once (after a reload)
         try:
             got = collect.read_keys(self.target, self.cfg, name, self._report)
         except Exception as e:
@@ -237,9 +272,17 @@ class AccountLoop:
             got, fresh = read_user(self.target.iam(), self.cfg, self.strategy, item.name,
                                    known, item.events)
         except Exception as e:
+            code = error_code(e)
             if account_level(e):
                 self._account_failed(e, "re-reading a user for an event")
-            code = error_code(e)
+            elif code in DENIED:
+                # IAM answered: this user is not to be read (a permission boundary). Its
+                # next poll tries again; the message decides about more tries.
+                self.store.failed(item.name, code, time.time())
+                for t in item.tickets:
+                    t.settle(False, code)
+                self._changed(True)
+                return
             log.warning("could not re-read a user for its events; it stays first in the "
                         "queue", extra={"account_id": self.target.account_id,
                                         "user_name": item.name, "error": code,
@@ -262,12 +305,16 @@ class AccountLoop:
     # -- what the poller asks ------------------------------------------------------------
 
     def settled_since(self, since: float) -> bool:
-        """A listing ended since ``since`` and, unless it failed, every user was tried."""
+        """Since ``since``: the account failed, or a listing ended and (list strategy)
+        each user was tried once."""
+        if self.failed_at >= since:
+            return True
         if self.list_tried_at < since:
             return False
-        if self.list_failed_at >= since and not self.store.listed:
-            return True
-        return self.store.untried_since(since) == 0 or self.list_failed_at >= since
+        # A pass ended too: the last user's read is in the store a moment before the
+        # pass knows it ended (and sets success).
+        return self.strategy != "list" or (self.store.untried_since(since) == 0
+                                           and self.pass_ended_at >= since)
 
     def needed_rate(self) -> float:
         """IAM requests per second that reading every user once per interval takes."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from exporter import logs, webconfig
 from exporter.auth import BasicAuth
-from exporter.collector.reload import ReloadState
+from exporter.collector.config_reload import ReloadState
 from exporter.config import Config, ConfigError
 from exporter.webconfig import WebConfig
 

@@ -66,6 +66,15 @@ def _worker_class() -> type:
             signal.signal(signal.SIGHUP, self.handle_hup)
             logging.getLogger("gunicorn.error").addFilter(_SlowClientFilter())
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Stop taking events at once, not after the graceful drain: during a rollout
+            # each event this pod took would be missing from the new pod until its
+            # resync (docs/deployment.md, "Rollouts").
+            draining = getattr(getattr(self, "wsgi", None), "draining", None)
+            if draining is not None:
+                threading.Thread(target=draining, name="iam-drain", daemon=True).start()
+            super().handle_exit(sig, frame)
+
         def handle_hup(self, _sig: int, _frame: Any) -> None:
             # A signal handler must not block: the reload runs in its own thread.
             app = getattr(self, "wsgi", None)

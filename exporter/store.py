@@ -197,6 +197,12 @@ class AccountStore:
             return [(m.identity.name, m.seen.at if m.seen else None)
                     for m in self._members.values()]
 
+    def key_ids(self) -> set[str]:
+        """The ids of every key the store holds."""
+        with self._lock:
+            return {k.key_id for m in self._members.values() if m.seen is not None
+                    for k in m.seen.keys if k.key_id}
+
     def freshness(self) -> Freshness:
         with self._lock:
             reads = [m.seen.at for m in self._members.values() if m.seen is not None]

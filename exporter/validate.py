@@ -1,4 +1,7 @@
-"""Config checks that span more than one value's type: formats and cross-field rules."""
+"""Config checks that span more than one value's type: formats and cross-field rules.
+
+Works on the dataclasses of ``exporter.schema``; ``exporter.config`` calls it after
+building them (this module does not import ``exporter.config``)."""
 
 from __future__ import annotations
 
@@ -7,32 +10,38 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from exporter.config import (
-    ACCOUNT_ID_RE,
-    EXTERNAL_ID_RE,
-    LABEL_NAME_RE,
-    LISTEN_RE,
-    ORDINAL_RE,
-    OU_ID_RE,
-    POD_NAME_VARS,
-    RESERVED_LABELS,
+from exporter.schema import (
     ROLE_ARN_RE,
-    ROLE_NAME_RE,
-    SESSION_NAME_RE,
     Config,
     MetricsConfig,
     OrganizationsConfig,
     UserFilterConfig,
-    _regex,
+    regex,
 )
-from exporter.yamlfile import ConfigError, _describe
+from exporter.yamlfile import ConfigError, describe
+
+# Where a StatefulSet pod's name (and so its ordinal) is found when sharding.index is null.
+POD_NAME_VARS = ("POD_NAME", "HOSTNAME")
+
+# ASCII only (\w and \d would otherwise accept any Unicode letter or digit, and int()
+# reads Unicode digits), and \Z rather than $ (which also matches before a final newline).
+ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}\Z", re.ASCII)
+SESSION_NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}\Z", re.ASCII)
+EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}\Z", re.ASCII)
+ACCOUNT_ID_RE = re.compile(r"^\d{12}\Z", re.ASCII)
+OU_ID_RE = re.compile(r"^(ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32})\Z", re.ASCII)
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z", re.ASCII)
+ORDINAL_RE = re.compile(r"-(\d+)\Z", re.ASCII)
+# Labels iam_user_info has already; a tag label may not take one of these names.
+RESERVED_LABELS = frozenset({"account_id", "user_name", "path", "exempt", "job", "instance"})
+LISTEN_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})\Z", re.ASCII)
 
 
 def check_listen(value: str, where: str = "listen") -> None:
     m = LISTEN_RE.match(value)
     if not m or not 0 < int(m.group(2)) < 65536:
         raise ConfigError(f"{where}: expected HOST:PORT with a port from 1 to 65535, "
-                          f"got {_describe(value)}")
+                          f"got {describe(value)}")
 
 
 def check(cfg: Config) -> None:
@@ -41,13 +50,13 @@ def check(cfg: Config) -> None:
     url = cfg.aws.endpoint_url
     if url is not None and not _is_http_url(url):
         raise ConfigError(f"aws.endpoint_url: expected an http(s) URL, "
-                          f"got {_describe(cfg.aws.endpoint_url)}")
+                          f"got {describe(cfg.aws.endpoint_url)}")
     seen: dict[str, int] = {}
     for i, acct in enumerate(cfg.accounts):
         p = f"accounts[{i}]"
         if not ROLE_ARN_RE.match(acct.role_arn):
             raise ConfigError(f"{p}.role_arn: expected arn:aws:iam::<12-digit account>:"
-                              f"role/<name>, got {_describe(acct.role_arn)}")
+                              f"role/<name>, got {describe(acct.role_arn)}")
         _check_assume_role(p, acct.external_id, acct.session_name)
         if acct.account_id in seen:
             raise ConfigError(f"{p}.role_arn: account {acct.account_id} is already listed "
@@ -67,7 +76,7 @@ def check(cfg: Config) -> None:
         url = getattr(cfg.events, key)
         if url is not None and not _is_http_url(url):
             raise ConfigError(f"events.{key}: expected an https URL of an SQS queue, "
-                              f"got {_describe(url)}")
+                              f"got {describe(url)}")
     web_file = cfg.web.config_file
     if web_file is not None and not web_file.strip():
         raise ConfigError("web.config_file: expected a file path, got ''")
@@ -78,40 +87,40 @@ def _check_assume_role(p: str, external_id: str | None, session_name: str) -> No
         raise ConfigError(f"{p}.external_id: expected 2-1224 characters of [\\w+=,.@:/-]")
     if not SESSION_NAME_RE.match(session_name):
         raise ConfigError(f"{p}.session_name: expected 2-64 characters of [\\w+=,.@-], "
-                          f"got {_describe(session_name)}")
+                          f"got {describe(session_name)}")
 
 
 def _check_organizations(org: OrganizationsConfig) -> None:
     p = "organizations"
     if not ROLE_NAME_RE.match(org.role_name):
         raise ConfigError(f"{p}.role_name: expected an IAM role name, "
-                          f"got {_describe(org.role_name)}")
+                          f"got {describe(org.role_name)}")
     _check_assume_role(p, org.external_id, org.session_name)
     for key in ("include_accounts", "exclude_accounts"):
         for i, v in enumerate(getattr(org, key)):
             if not ACCOUNT_ID_RE.match(v):
                 raise ConfigError(f"{p}.{key}[{i}]: expected a 12-digit account id (quoted), "
-                                  f"got {_describe(v)}")
+                                  f"got {describe(v)}")
     for key in ("include_ous", "exclude_ous"):
         for i, v in enumerate(getattr(org, key)):
             if not OU_ID_RE.match(v):
                 raise ConfigError(f"{p}.{key}[{i}]: expected an OU id (ou-xxxx-xxxxxxxx) or "
-                                  f"a root id (r-xxxx), got {_describe(v)}")
+                                  f"a root id (r-xxxx), got {describe(v)}")
 
 
 def _check_users(users: UserFilterConfig) -> None:
     for key in ("include_names", "exclude_names"):
         for i, pattern in enumerate(getattr(users, key)):
             try:
-                _regex(pattern)
+                regex(pattern)
             except re.error as e:
                 raise ConfigError(f"collection.users.{key}[{i}]: invalid regular expression "
-                                  f"{_describe(pattern)}: {e}") from None
+                                  f"{describe(pattern)}: {e}") from None
     for key in ("include_paths", "exclude_paths"):
         for i, prefix in enumerate(getattr(users, key)):
             if not prefix.startswith("/"):
                 raise ConfigError(f"collection.users.{key}[{i}]: expected a path prefix "
-                                  f"starting with /, got {_describe(prefix)}")
+                                  f"starting with /, got {describe(prefix)}")
 
 
 def _check_metrics(m: MetricsConfig) -> None:
@@ -123,7 +132,7 @@ def _check_metrics(m: MetricsConfig) -> None:
         if not LABEL_NAME_RE.match(label) or label.startswith("__"):
             raise ConfigError(f"{where}: expected a Prometheus label name "
                               f"([a-zA-Z_][a-zA-Z0-9_]*, not starting with __), "
-                              f"got {_describe(label)}")
+                              f"got {describe(label)}")
         if label in RESERVED_LABELS:
             raise ConfigError(f"{where}: label name {label!r} is reserved (reserved: "
                               f"{', '.join(sorted(RESERVED_LABELS))})")

@@ -159,6 +159,7 @@ class App:
         self.reloader = reloader
         if reloader is not None:
             reloader.auth = self.auth
+        self.on_drain: list[Callable[[], None]] = []
         self.routes: dict[str, Callable[[WSGIEnvironment], Response]] = {
             "/metrics": self.metrics,
             "/healthz": self.healthz,
@@ -214,6 +215,15 @@ class App:
                     b"not every watched account has been listed and each of its users "
                     b"read once yet\n")
         return "200 OK", [], b"ready\n"
+
+    def draining(self) -> None:
+        """The process is stopping (SIGTERM): what must stop first stops (the event
+        consumer); scrapes are still answered until the end."""
+        for stop in self.on_drain:
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping for shutdown failed")
 
     def reload(self) -> None:
         """Reloads the config (SIGHUP in the worker); never raises."""

@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# _describe: one wording of a bad value for every config error.
-from exporter.yamlfile import ConfigError, _describe, parse_yaml, read_text
+# describe: one wording of a bad value for every config error.
+from exporter.yamlfile import ConfigError, describe, parse_yaml, read_text
 
 TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -94,7 +94,7 @@ def _mapping(value: Any, where: str, known: tuple[str, ...] | None) -> Mapping[A
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise _at(where, f"expected a mapping, got {_describe(value)}")
+        raise _at(where, f"expected a mapping, got {describe(value)}")
     if known is not None:
         for key in value:
             if key not in known:
@@ -105,7 +105,7 @@ def _mapping(value: Any, where: str, known: tuple[str, ...] | None) -> Mapping[A
 
 def _string(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: expected a non-empty string, got {_describe(value)}")
+        raise ConfigError(f"{where}: expected a non-empty string, got {describe(value)}")
     return value
 
 
@@ -123,7 +123,7 @@ def _choice(value: Any, where: str, choices: Mapping[str, Any], default: str) ->
         return default
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{where}: expected one of {', '.join(choices)}, "
-                          f"got {_describe(value)}")
+                          f"got {describe(value)}")
     return value
 
 
@@ -173,7 +173,7 @@ def _users(raw: Any) -> dict[str, str]:
     for name, hashed in _mapping(raw, p, None).items():
         if not isinstance(name, str) or not name or ":" in name:
             raise ConfigError(f"{p}: user names must be non-empty strings without ':', "
-                              f"got {_describe(name)}")
+                              f"got {describe(name)}")
         m = BCRYPT_RE.match(hashed) if isinstance(hashed, str) else None
         if m is None or not 4 <= int(m.group(1)) <= 31:
             raise ConfigError(f"{p}.{name}: expected a bcrypt hash ($2b$<cost>$...), "

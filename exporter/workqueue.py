@@ -74,6 +74,9 @@ class ReadQueue:
         self._heap: list[tuple[float, int, str, str]] = []  # (due, seq, key, name)
         self._seq = itertools.count()
         self._busy: set[str] = set()  # users being read
+        # Users a resync found being read: read again once that read ends (it may have
+        # begun before the resync).
+        self._again: set[str] = set()
         self._list_due: float | None = 0.0  # None while a listing runs
         self._paused_until = 0.0
         self._closed = False
@@ -96,6 +99,9 @@ class ReadQueue:
         """The user is due at ``due`` (unix time; 0: as soon as possible)."""
         with self._cond:
             k = _k(name)
+            if k in self._again:  # being read when a resync came: again at once
+                self._again.discard(k)
+                due = min(due, 0.0)
             self._due[k] = due
             heapq.heappush(self._heap, (due, next(self._seq), k, name))
             self._cond.notify()
@@ -103,6 +109,7 @@ class ReadQueue:
     def forget(self, name: str) -> None:
         with self._cond:
             self._due.pop(_k(name), None)
+            self._again.discard(_k(name))
 
     def list_at(self, when: float) -> None:
         with self._cond:
@@ -120,10 +127,12 @@ class ReadQueue:
             self._paused_until = 0.0
             if self._list_due is not None:
                 self._list_due = 0.0
-            self._heap = [(0.0, seq, k, name) for due, seq, k, name in sorted(self._heap)
-                          if self._due.get(k) == due]
+            # New sequence numbers in the old order: oldest due first, and a valid heap.
+            self._heap = [(0.0, next(self._seq), k, name)
+                          for due, _, k, name in sorted(self._heap) if self._due.get(k) == due]
             for _, _, k, _ in self._heap:
                 self._due[k] = 0.0
+            self._again |= self._busy
             self._cond.notify_all()
 
     # -- taking work ---------------------------------------------------------------------
@@ -161,22 +170,35 @@ class ReadQueue:
                 self._list_due = None
                 return Item("list"), now
             wake = min(wake, self._list_due)
-        while self._heap:
-            due, _, k, name = self._heap[0]
-            if self._due.get(k) != due or k in self._busy:
-                heapq.heappop(self._heap)  # rescheduled since, or being read (it will be)
-                continue
-            if due > now:
-                return None, min(wake, due)
-            heapq.heappop(self._heap)
-            del self._due[k]
-            self._busy.add(k)
-            return Item("read", name), now
-        return None, wake
+        parked = []  # due, but being read (an event): kept for when that read ends
+        try:
+            while self._heap:
+                due, _, k, name = self._heap[0]
+                if self._due.get(k) != due:
+                    heapq.heappop(self._heap)  # rescheduled since
+                    continue
+                if k in self._busy:
+                    parked.append(heapq.heappop(self._heap))
+                    continue
+                if due > now:
+                    return None, min(wake, due)
+                heapq.heappop(self._heap)
+                del self._due[k]
+                self._busy.add(k)
+                return Item("read", name), now
+            return None, wake
+        finally:
+            for entry in parked:
+                heapq.heappush(self._heap, entry)
 
     def done(self, item: Item) -> None:
         with self._cond:
-            self._busy.discard(_k(item.name))
+            k = _k(item.name)
+            self._busy.discard(k)
+            if k in self._again:  # a resync came during a read that did not reschedule
+                self._again.discard(k)
+                self._due[k] = 0.0
+                heapq.heappush(self._heap, (0.0, next(self._seq), k, item.name))
             self._cond.notify_all()
 
     def retry_event(self, item: Item, error: str) -> None:
@@ -197,12 +219,14 @@ class ReadQueue:
             self._busy.discard(k)
             self._cond.notify_all()
 
-    def backlog(self) -> int:
-        """Items due now."""
+    def has_due(self) -> bool:
+        """Whether something else is due now (cheap: a peek, for spawning workers)."""
         now = self._clock()
         with self._cond:
-            return (sum(1 for e in self._events.values() if e.not_before <= now)
-                    + sum(1 for d in self._due.values() if d <= now))
+            if now < self._paused_until:
+                return False
+            return (any(e.not_before <= now for e in self._events.values())
+                    or bool(self._heap and self._heap[0][0] <= now))
 
     def close(self) -> None:
         with self._cond:

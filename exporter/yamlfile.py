@@ -30,7 +30,7 @@ class _StrictLoader(yaml.SafeLoader):
             kind = str(node.tag).rsplit(":", 1)[-1]
             detail = f" ({e})" if type(e) is ValueError else ""
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {_describe(node.value)} as {kind}{detail}",
+                None, None, f"cannot read {describe(node.value)} as {kind}{detail}",
                 node.start_mark) from None
 
 
@@ -103,7 +103,9 @@ def parse_yaml(text: str, source: str | None = None, *, context: bool = True) ->
         raise ConfigError(f"{head}: nested too deeply") from None
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A bad value as a config error shows it: null, true, a mapping, a list, or its repr
+    (cut at 60 characters). One wording for every config file."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -148,7 +150,7 @@ def _convert(tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
         choices = get_args(tp)
         if value not in choices or isinstance(value, bool):
             raise ConfigError(
-                f"{path}: expected one of {', '.join(choices)}, got {_describe(value)}"
+                f"{path}: expected one of {', '.join(choices)}, got {describe(value)}"
             )
         return value
     if origin is tuple:
@@ -156,28 +158,28 @@ def _convert(tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
         if value is None:
             return ()
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {_describe(value)}")
+            raise ConfigError(f"{path}: expected a list, got {describe(value)}")
         return tuple(_convert(item_tp, v, f"{path}[{i}]", {}) for i, v in enumerate(value))
     if origin is dict:
         key_tp, value_tp = get_args(tp)
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
-        return {_convert(key_tp, k, f"{path}[{_describe(k)}]", {}):
+            raise ConfigError(f"{path}: expected a mapping, got {describe(value)}")
+        return {_convert(key_tp, k, f"{path}[{describe(k)}]", {}):
                 _convert(value_tp, v, f"{path}.{k}", {})
                 for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)  # type: ignore[arg-type]
+        return build(tp, value, path)  # type: ignore[arg-type]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {_describe(value)}")
+            raise ConfigError(f"{path}: expected true or false, got {describe(value)}")
         return value
     if tp is int or tp is float:
         ok = isinstance(value, int) if tp is int else isinstance(value, int | float)
         if isinstance(value, bool) or not ok:
             kind = "an integer" if tp is int else "a number"
-            raise ConfigError(f"{path}: expected {kind}, got {_describe(value)}")
+            raise ConfigError(f"{path}: expected {kind}, got {describe(value)}")
         lo, hi = meta.get("min"), meta.get("max")
         # "not >=" rather than "<" so that NaN (.nan, or "nan" from the env) is rejected.
         if (lo is not None and not value >= lo) or (hi is not None and not value <= hi):
@@ -185,16 +187,18 @@ def _convert(tp: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
         return tp(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {_describe(value)}")
+            raise ConfigError(f"{path}: expected a string, got {describe(value)}")
         return value
     raise TypeError(f"unsupported config type {tp!r} at {path}")  # programming error
 
 
-def _build(cls: type[Any], data: Any, path: str) -> Any:
+def build(cls: type[Any], data: Any, path: str) -> Any:
+    """The dataclass ``cls`` built from ``data`` (a mapping; None: all defaults), every
+    field converted to its annotated type; ConfigError names the key path under ``path``."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {_describe(data)}")
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {describe(data)}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:

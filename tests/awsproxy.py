@@ -1,13 +1,18 @@
 """A small HTTP proxy in front of the moto server: counts AWS actions and injects faults.
 
 moto answers every request correctly and at once; this proxy lets tests see how many
-calls the exporter made (by action) and make AWS fail on demand. It speaks plain HTTP on
-127.0.0.1 and forwards to one upstream.
+calls the exporter made (by action, and by the service each request is signed for) and
+make AWS fail on demand. It speaks plain HTTP on 127.0.0.1 and forwards to one upstream.
+
+Query-protocol requests (IAM, STS) are named by their Action. JSON-protocol ones (SQS,
+Organizations) are counted as "?"; their operation (from X-Amz-Target) is the "Action"
+form parameter a rule sees, as for the query protocol.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import random
 import re
 import socket
@@ -32,6 +37,10 @@ ERRORS = {
     "no_such_entity": (404, "NoSuchEntity"),
     "limit": (409, "LimitExceeded"),
 }
+# Faults answered from moto's real answer: "truncate" sends half of it under the full
+# Content-Length, then closes; "cut" sends half of it under a Content-Length that matches
+# (well framed, not well formed); "empty" sends a 200 with no body.
+FORWARDED = frozenset({"truncate", "cut", "empty"})
 ERROR_XML = (
     '<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><Error>'
     "<Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
@@ -52,16 +61,30 @@ class _Handler(BaseHTTPRequestHandler):
         # ACKs add ~40 ms to every request.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def _params(self, body: bytes) -> dict[str, list[str]]:
+        target = self.headers.get("X-Amz-Target")
+        if target is None:
+            return parse_qs(body.decode("utf-8", "replace"))
+        try:
+            doc = json.loads(body or b"{}")
+        except ValueError:
+            doc = {}
+        fields = doc.items() if isinstance(doc, dict) else ()
+        return {**{k: [v] for k, v in fields if isinstance(v, str)},
+                "Action": [target.rsplit(".", 1)[-1]]}
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        params = parse_qs(body.decode("utf-8", "replace"))
-        action = params.get("Action", ["?"])[0]
+        params = self._params(body)
+        action = "?" if "X-Amz-Target" in self.headers else params.get("Action", ["?"])[0]
         proxy = self.server
         fault = proxy.fault_for(action, params)
+        authorization = self.headers.get("Authorization") or ""
         if fault is None and proxy.bucket is not None:
-            fault = proxy.bucket.take(self.headers.get("Authorization") or "")
-        proxy.record(action, fault)
+            fault = proxy.bucket.take(authorization)
+        signed = CREDENTIAL_RE.search(authorization)
+        proxy.record(action, fault, signed.group(2) if signed else "?")
         delay = proxy.latencies.get(action, proxy.latency)
         if delay:
             time.sleep(delay)
@@ -76,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "garbage":  # a 200 that is not the XML AWS sends
             self._reply(200, b"<html>\x00\xff not xml", "text/xml")
             return
-        if fault is not None and fault != "truncate":
+        if fault is not None and fault not in FORWARDED:
             status, code = ERRORS[fault]
             self._reply(status, ERROR_XML.format(code=code, message=f"injected {fault}")
                         .encode(), "text/xml")
@@ -92,6 +115,11 @@ class _Handler(BaseHTTPRequestHandler):
             data = resp.read()
             if proxy.rewrite is not None:
                 data = proxy.rewrite(action, data)
+            if fault in ("cut", "empty"):  # well framed, but half the answer, or none
+                self._reply(resp.status if fault == "cut" else 200,
+                            data[:len(data) // 2] if fault == "cut" else b"",
+                            resp.getheader("Content-Type") or "text/xml")
+                return
             if fault == "truncate":  # the full Content-Length, half the body, then close
                 self.send_response(resp.status)
                 self.send_header("Content-Type", resp.getheader("Content-Type") or "text/xml")
@@ -163,6 +191,8 @@ class AwsProxy(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.actions: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        # Requests by the service their signature names (iam, sts, sqs, organizations).
+        self.services: Counter[str] = Counter()
         # fault mode for every action, or per action; None = pass through
         self.mode: str | None = None
         self.modes: dict[str, str] = {}
@@ -201,15 +231,21 @@ class AwsProxy(ThreadingHTTPServer):
                 self.fault_budget -= 1
             return fault
 
-    def record(self, action: str, fault: str | None) -> None:
+    def record(self, action: str, fault: str | None, service: str = "?") -> None:
         with self.lock:
             self.actions[action] += 1
+            self.services[service] += 1
             if fault:
                 self.faults[action] += 1
 
     def counts(self) -> Counter[str]:
         with self.lock:
             return Counter(self.actions)
+
+    def service_counts(self) -> Counter[str]:
+        """Requests so far by the service they were signed for."""
+        with self.lock:
+            return Counter(self.services)
 
     def start(self) -> AwsProxy:
         self._thread.start()

@@ -19,10 +19,8 @@ from bench.harness import CONSOLE_SCRIPT, ROOT, deep_merge, free_port, subproces
 from tests.helpers import TEST_BUDGET
 
 # Filled in where a test's config leaves them out: a request budget that never slows a
-# test down, and no pause after a cycle that overran a (test-short) interval — a first
-# cycle cut by a 0.8 s deadline is followed at once by the next, not 30 s later.
-DAEMON_DEFAULTS: dict[str, Any] = {"aws": {"max_requests_per_second": TEST_BUDGET},
-                                   "collection": {"min_pause_seconds": 0}}
+# test down.
+DAEMON_DEFAULTS: dict[str, Any] = {"aws": {"max_requests_per_second": TEST_BUDGET}}
 
 
 def parse_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -20,6 +20,7 @@ from exporter.aws.accounts import AccountSet
 from exporter.aws.session import ApiStats
 from exporter.config import Config
 from exporter.events.consumer import Consumer
+from exporter.events.stats import RESULTS
 from exporter.inventory import User
 from exporter.poller import Poller
 from tests.awsproxy import AwsProxy
@@ -63,25 +64,33 @@ def config(endpoint: str, queues: Queues, **extra: Any) -> Config:
 
 
 class Runner:
-    """Builds a poller (first cycle done) and its consumer (started unless start=False);
-    counts the IAM calls of this process (ApiStats: immune to other processes' traffic
-    through a reused proxy port)."""
+    """Builds a poller (every user read once; its loops keep running) and its consumer
+    (started unless start=False); counts the IAM calls of this process (ApiStats: immune
+    to other processes' traffic through a reused proxy port). ``close()`` stops them."""
 
     def __init__(self, proxy: AwsProxy, queues: Queues) -> None:
         self.proxy, self.queues = proxy, queues
         self.consumers: list[Consumer] = []
+        self.pollers: list[Poller] = []
         self.stats = ApiStats()
 
     def __call__(self, start: bool = True, **extra: Any) -> tuple[Poller, Consumer]:
         cfg = config(self.proxy.url, self.queues, **extra)
         poller = Poller(cfg, AccountSet(cfg, self.stats))
-        snap = poller.run_cycle()
-        assert all(a.success for a in snap.accounts), snap.accounts
+        self.pollers.append(poller)
+        snap = poller.run_once(timeout=30)
+        assert snap.ready and all(a.success for a in snap.accounts), snap.accounts
         consumer = Consumer(cfg, poller, dead_letter_every=0.5)
         self.consumers.append(consumer)
         if start:
             consumer.start()
         return poller, consumer
+
+    def close(self) -> None:
+        for c in self.consumers:
+            c.stop(timeout=0)
+        for p in self.pollers:
+            p.stop()
 
     def iam_calls(self) -> Counter[str]:
         """IAM calls so far by operation (after retries)."""
@@ -117,7 +126,9 @@ def the(poller: Poller, user: str) -> User:
 
 
 def results(c: Consumer) -> dict[str, int]:
-    return {r: c.stats.count(r) for r in ("applied", "ignored", "invalid", "failed")}
+    """Every result's count (applied, ignored, invalid, failed, handed_over,
+    delete_failed)."""
+    return {r: c.stats.count(r) for r in RESULTS}
 
 
 def settled(c: Consumer, queues: Queues, **want: int) -> Callable[[], bool]:

@@ -1,15 +1,14 @@
-"""The IAM request budget (issue 13): pacing, yielding to a shared quota, the pause after
-an overrun cycle, and the counters that show what is spent.
+"""The IAM request budget (issue 13): pacing, yielding to a shared quota, and the
+counters that show what is spent.
 
 The budget is tested alone with a fake clock, then end to end: the exporter's real
-collection (AccountSet, Poller, collect_account, botocore) against moto behind a proxy
-that throttles IAM by rate, as IAM does (a token bucket per account).
+reads (AccountSet, Poller, its account loops, botocore) against moto behind a proxy that
+throttles IAM by rate, as IAM does (a token bucket per account).
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import time
 from typing import Any
@@ -21,10 +20,9 @@ from exporter import metrics
 from exporter.aws import budget as budget_mod
 from exporter.aws.accounts import AccountSet
 from exporter.aws.budget import Budget
-from exporter.aws.errors import Deadline
-from exporter.aws.session import ApiStats, Target
+from exporter.aws.session import ApiStats
 from exporter.config import Config
-from exporter.inventory import AccessKey, AccountInventory, Snapshot, User
+from exporter.inventory import Snapshot
 from exporter.metrics import RenderInput
 from exporter.poller import Poller
 from tests.awsproxy import AwsProxy, TokenBucket
@@ -191,17 +189,23 @@ def seed(iam: Any, n: int = USERS) -> dict[str, tuple[int, int]]:
 
 
 def config(proxy: AwsProxy, rate: float, **extra: Any) -> Config:
-    collection = {"last_used": "off", "concurrency": 8, "timeout_seconds": 60,
-                  **extra.pop("collection", {})}
+    collection = {"last_used": "off", "concurrency": 8, **extra.pop("collection", {})}
     return make_config(aws={"endpoint_url": proxy.url, "max_requests_per_second": rate,
                             **extra.pop("aws", {})},
                        collection=collection, **extra)
 
 
 def run_once(cfg: Config) -> tuple[Snapshot, ApiStats]:
+    """A pass on demand: the account listed and each user read once; then stopped, so
+    that no later read adds to what the test counts."""
     stats = ApiStats()
     poller = Poller(cfg, AccountSet(cfg, stats))
-    return poller.run_cycle(), stats
+    try:
+        snap = poller.run_once(timeout=60)
+    finally:
+        poller.stop()
+    assert snap.ready, snap.accounts
+    return snap, stats
 
 
 def counts_of(snap: Snapshot) -> dict[str, tuple[int, int]]:
@@ -293,54 +297,3 @@ def test_request_and_throttle_counters_count_what_iam_saw(iam: Any, proxy: AwsPr
     assert samples(fams, "iam_exporter_iam_request_budget") == {
         (("account_id", MOTO_ACCOUNT),): 50.0}
     assert samples(fams, "iam_exporter_iam_throttles_total") == {}
-
-
-def test_an_overrun_cycle_is_followed_by_the_minimum_pause(
-        caplog: pytest.LogCaptureFixture) -> None:
-    starts: list[float] = []
-    took = 1.3
-
-    def slow(target: Target, cfg: Any, deadline: Deadline) -> AccountInventory:
-        starts.append(time.monotonic())
-        time.sleep(took)
-        return AccountInventory("111111111111", "list", (
-            User("alice", keys=(AccessKey("AKIA1", "Active", 0.0),)),))
-
-    cfg = make_config(interval_seconds=1, collection={"min_pause_seconds": 0.7,
-                                                      "timeout_seconds": 10})
-    published: list[Snapshot] = []
-    p = Poller(cfg, [Target(cfg, ApiStats())], publish=published.append, collect=slow)
-    with caplog.at_level(logging.WARNING, logger="exporter.poller"):
-        p.start()
-        try:
-            deadline = time.monotonic() + 10
-            while len(starts) < 2 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            snap = p.snapshot
-        finally:
-            p.stop(timeout=5)
-    assert len(starts) >= 2
-    # Never back to back: the next cycle waits min_pause_seconds after the overrun one.
-    gap = starts[1] - starts[0]
-    assert gap >= took + 0.7 - 0.05, gap
-    assert snap.overrun
-    fams = families(snap, ApiStats())
-    assert samples(fams, "iam_exporter_cycle_overrun") == {(): 1.0}
-    warnings = [r for r in caplog.records if "longer than interval_seconds" in r.getMessage()]
-    assert warnings and warnings[0].levelno == logging.WARNING
-    assert getattr(warnings[0], "interval_s", None) == 1
-
-
-def test_a_cycle_inside_its_interval_is_no_overrun() -> None:
-    cfg = make_config(interval_seconds=10)
-    p = Poller(cfg, [Target(cfg, ApiStats())],
-               collect=lambda t, c, d: AccountInventory("1", "list", ()))
-    assert p._pause(1.0) > 7
-    assert not p.snapshot.overrun
-    # The pause is min_pause_seconds, but never longer than the interval itself.
-    assert p._pause(11.0) == min(cfg.collection.min_pause_seconds, cfg.interval_seconds)
-    assert p.snapshot.overrun
-    long = make_config(interval_seconds=120)
-    q = Poller(long, [Target(long, ApiStats())],
-               collect=lambda t, c, d: AccountInventory("1", "list", ()))
-    assert q._pause(130.0) == long.collection.min_pause_seconds == 30

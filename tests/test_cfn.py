@@ -34,7 +34,8 @@ EVENT_PATTERN = {
                "errorCode": [{"exists": False}]},
 }
 # What the exporter does with its queue and with the dead-letter queue (depth metric).
-QUEUE_ACTIONS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
+QUEUE_ACTIONS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+                 "sqs:GetQueueAttributes"}
 DLQ_ACTIONS = {"sqs:GetQueueAttributes"}
 MAX_REPLICAS = 10
 
@@ -49,7 +50,38 @@ def policy_actions() -> set[str]:
 
 
 def load(path: Path) -> Any:
-    return cfn_yaml.load(str(path))
+    """The template as CloudFormation deploys it: Fn::ForEach expanded (events.yaml uses
+    the AWS::LanguageExtensions transform; cfn-lint checks the template as written)."""
+    return expand(cfn_yaml.load(str(path)))
+
+
+def expand(node: Any, values: dict[str, str] | None = None) -> Any:
+    """``node`` with every Fn::ForEach replicated as the transform does it: ${Identifier}
+    replaced in keys and strings, Ref Identifier by its value, and an Fn::Sub left without
+    variables by its string (as in ``Condition: !Sub "Shard${Shard}"``)."""
+    values = values or {}
+    if isinstance(node, str):
+        for name, value in values.items():
+            node = node.replace(f"${{{name}}}", value)
+        return node
+    if isinstance(node, list):
+        return [expand(x, values) for x in node]
+    if not isinstance(node, dict):
+        return node
+    if set(node) == {"Fn::Sub"} and isinstance(node["Fn::Sub"], str):
+        text = expand(node["Fn::Sub"], values)
+        return text if "${" not in text else {"Fn::Sub": text}
+    if set(node) == {"Ref"} and node["Ref"] in values:
+        return values[node["Ref"]]
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key.startswith("Fn::ForEach::"):
+            name, collection, fragment = value
+            for item in collection:
+                out.update(expand(fragment, {**values, name: item}))
+        else:
+            out[expand(key, values)] = expand(value, values)
+    return out
 
 
 def branches(node: Any) -> list[Any]:

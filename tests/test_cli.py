@@ -46,7 +46,9 @@ def test_once_prints_exposition_and_exits_0(iam: Any, moto: str, tmp_path: Any,
     assert sample(s, "iam_user_access_keys", account_id=A, user_name="bob",
                   status="Inactive") == 1
     assert sample(s, "iam_exporter_collection_success", account_id=A) == 1
-    assert "collection done" in r.stderr  # logs go to stderr, never into the exposition
+    assert sample(s, "iam_account_never_read_users", account_id=A) == 0  # each user read
+    assert "pass done" in r.stderr  # logs go to stderr, never into the exposition
+    assert "pass done" not in r.stdout
 
 
 def test_once_exits_1_when_aws_is_unreachable(tmp_path: Any) -> None:
@@ -80,7 +82,8 @@ def test_check_config_prints_effective_config(tmp_path: Any) -> None:
     eff = yaml.safe_load(r.stdout)
     assert eff["interval_seconds"] == 60
     assert eff["collection"]["strategy"] == "list"
-    assert eff["collection"]["timeout_seconds"] == 48  # 80 % of the interval
+    # No deadline any more: the deprecated keys are shown only where a config sets them.
+    assert not {"timeout_seconds", "min_pause_seconds"} & set(eff["collection"])
     assert eff["listen"] == "0.0.0.0:9877"
 
 

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter import config
-from exporter.config import Config, ConfigError
+from exporter.config import DEPRECATED_KEYS, Config, ConfigError
 from tests.helpers import ROOT, TESTDATA
 
 CONFIG_DATA = TESTDATA / "config"
@@ -296,7 +296,6 @@ VALID: dict[str, dict[str, Any]] = {
         "web.threads": 4,
         "web.shutdown_grace_seconds": 2.0,
         "web.config_file": str(CONFIG_DATA / "web-config.yml"),
-        "cycle_timeout": 45.0,
         "include_self": True,
         "collection.last_used": "api",
         "collection.users.exclude_names": ("svc-test-.*",),
@@ -334,15 +333,13 @@ VALID: dict[str, dict[str, Any]] = {
         "collection.credential_report.wait_seconds": 600.0,
         "collection.concurrency": 8,
         "interval_seconds": 3600.0,
-        "cycle_timeout": 2880.0,  # 80 % of the interval (no cap: a slow, rate-limited
-        # collection must not be cut short)
         "accounts": (),
     },
     "valid-ipv6-listen.yml": {"listen": "[::1]:9877"},
     "valid-listen-all-interfaces.yml": {"listen": ":9877"},
     "valid-bounds.yml": {
         "interval_seconds": 1.0,
-        "cycle_timeout": 86400.0,
+        "collection.timeout_seconds": 86400.0,
         "aws.max_attempts": 20,
         "aws.connect_timeout_seconds": 0.1,
         "collection.concurrency": 64,
@@ -361,7 +358,6 @@ VALID: dict[str, dict[str, Any]] = {
         "endpoint_url": "http://127.0.0.1:5000",
         "region": "us-east-1",
         "interval_seconds": 15.0,
-        "cycle_timeout": 12.0,
     },
 }
 
@@ -405,7 +401,6 @@ def _resolved(cfg: Config) -> Config:
     return dataclasses.replace(
         cfg,
         aws=dataclasses.replace(cfg.aws, region=cfg.aws.region or "us-east-1"),
-        collection=dataclasses.replace(cfg.collection, timeout_seconds=cfg.cycle_timeout),
         include_self=cfg.collect_self,
     )
 
@@ -504,11 +499,13 @@ def test_defaults() -> None:
                                        max_requests_per_second=10.0)
     assert cfg.collection.strategy == "list"
     assert cfg.collection.concurrency == 8
-    assert cfg.collection.max_parallel_accounts == 16
+    # Deprecated (no collection cycles any more): unset unless a config sets them.
+    assert cfg.collection.max_parallel_accounts is None
     assert cfg.collection.timeout_seconds is None
+    assert cfg.collection.min_pause_seconds is None
+    assert cfg.deprecated() == []
     assert cfg.collection.credential_report.wait_seconds == 120.0
     assert cfg.collection.max_stale_seconds == 86400.0
-    assert cfg.collection.min_pause_seconds == 30.0
     assert cfg.accounts == ()
     # The read-only member role deploy/aws/ ships, not the administrator role.
     assert cfg.organizations == config.OrganizationsConfig(
@@ -517,7 +514,6 @@ def test_defaults() -> None:
         queue_url=None, wait_seconds=20, visibility_timeout_seconds=60,
         dead_letter_queue_url=None)
     assert (cfg.web.threads, cfg.web.shutdown_grace_seconds) == (8, 8.0)
-    assert cfg.cycle_timeout == 720.0
 
 
 def test_integers_become_floats_for_number_keys() -> None:
@@ -526,20 +522,16 @@ def test_integers_become_floats_for_number_keys() -> None:
     assert type(cfg.web.shutdown_grace_seconds) is float
 
 
-@pytest.mark.parametrize(("interval", "timeout", "want"), [
-    (300, None, 240.0), (1, None, 0.8), (3600, None, 2880.0), (60, 5, 5.0), (60, 120, 120.0)])
-def test_cycle_timeout(interval: float, timeout: float | None, want: float) -> None:
-    cfg = config.parse(yaml.safe_dump({"interval_seconds": interval,
-                                       "collection": {"timeout_seconds": timeout}}), env={})
-    assert cfg.cycle_timeout == pytest.approx(want)
-
-
-def test_check_config_output_is_valid_for_the_smallest_interval() -> None:
-    # The resolved default timeout (80 % of 1 s) must itself be an acceptable value.
-    cfg = config.parse("interval_seconds: 1\n", env={})
+def test_cycle_settings_are_deprecated_accepted_and_ignored() -> None:
+    # An upgrade must not fail on the collection cycles' old settings; they are named.
+    cfg = config.parse("collection:\n  timeout_seconds: 45\n  min_pause_seconds: 5\n"
+                       "  max_parallel_accounts: 4\n", env={})
+    assert cfg.deprecated() == ["collection.max_parallel_accounts",
+                                "collection.timeout_seconds", "collection.min_pause_seconds"]
+    # check-config prints them only where they are set, and its output loads again.
+    assert "  timeout_seconds" not in config.dump(config.parse("", env={}))
     again = config.parse(config.dump(cfg), env={})
-    assert again.collection.timeout_seconds == pytest.approx(0.8)
-    assert again.cycle_timeout == cfg.cycle_timeout
+    assert again.deprecated() == cfg.deprecated()
 
 
 def test_region_and_endpoint_fall_back_to_the_aws_environment(
@@ -910,7 +902,9 @@ def test_example_config_documents_every_key() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     documented = _documented_keys(text)
     raw = yaml.safe_load(text)
-    paths = [(p, f, tp) for p, f, tp in _key_paths() if "[]" not in p]
+    # Every key but the deprecated ones, which the example leaves out.
+    paths = [(p, f, tp) for p, f, tp in _key_paths()
+             if "[]" not in p and p not in DEPRECATED_KEYS]
     assert set(documented) == {p for p, _, _ in paths}
     for path, f, tp in paths:
         doc = documented[path]

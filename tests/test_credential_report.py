@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from exporter.aws import credential_report
 from exporter.aws.credential_report import Report, parse
-from exporter.aws.errors import CollectionError, CredentialReportError, Deadline, DeadlineExceeded
+from exporter.aws.errors import CollectionError, CredentialReportError
 from exporter.inventory import AccessKey, User
 from tests.helpers import TESTDATA
 
@@ -472,7 +472,7 @@ def test_fetch_polls_until_complete(client: Any, stub: Stubber) -> None:
     generate(stub, "COMPLETE")
     get(stub)
     sleeps = Sleeps()
-    report = credential_report.fetch(client, 120, Deadline(600), sleep=sleeps)
+    report = credential_report.fetch(client, 120, sleep=sleeps)
     stub.assert_no_pending_responses()
     assert sleeps == [1.0, 2.0, 4.0]  # exponential back-off
     check_content(report)
@@ -483,7 +483,7 @@ def test_fetch_complete_at_once_does_not_sleep(client: Any, stub: Stubber) -> No
     generate(stub, "COMPLETE")
     get(stub, generated=datetime(2015, 2, 2, 20, 2, 2, tzinfo=UTC))
     sleeps = Sleeps()
-    report = credential_report.fetch(client, 120, Deadline(600), sleep=sleeps)
+    report = credential_report.fetch(client, 120, sleep=sleeps)
     assert sleeps == []
     assert report.generated == 1422907322.0
     stub.assert_no_pending_responses()
@@ -492,7 +492,7 @@ def test_fetch_complete_at_once_does_not_sleep(client: Any, stub: Stubber) -> No
 def test_fetch_without_generated_time(client: Any, stub: Stubber) -> None:
     generate(stub, "COMPLETE")
     get(stub, generated=None)
-    report = credential_report.fetch(client, 120, Deadline(600), sleep=Sleeps())
+    report = credential_report.fetch(client, 120, sleep=Sleeps())
     assert report.generated is None
     check_content(report)
 
@@ -503,7 +503,7 @@ def test_fetch_retries_limit_exceeded_on_generate(client: Any, stub: Stubber) ->
     generate(stub, "COMPLETE")
     get(stub)
     sleeps = Sleeps()
-    check_content(credential_report.fetch(client, 120, Deadline(600), sleep=sleeps,
+    check_content(credential_report.fetch(client, 120, sleep=sleeps,
                                           first_delay=0.5))
     assert sleeps == [0.5, 1.0]
     stub.assert_no_pending_responses()
@@ -519,7 +519,7 @@ def test_fetch_retries_get_errors_by_generating_again(client: Any, stub: Stubber
     generate(stub, "COMPLETE")
     get(stub)
     sleeps = Sleeps()
-    check_content(credential_report.fetch(client, 120, Deadline(600), sleep=sleeps))
+    check_content(credential_report.fetch(client, 120, sleep=sleeps))
     assert sleeps == [1.0]
     stub.assert_no_pending_responses()
 
@@ -537,7 +537,7 @@ def test_fetch_times_out_within_wait_seconds(client: Any, stub: Stubber, wait: f
         generate(stub, "INPROGRESS")
     sleeps = Sleeps()
     with pytest.raises(CredentialReportError) as info:
-        credential_report.fetch(client, wait, Deadline(600), sleep=sleeps)
+        credential_report.fetch(client, wait, sleep=sleeps)
     assert info.value.code == "CredentialReportTimeout"
     assert "INPROGRESS" in str(info.value)
     assert f"{wait:g}s" in str(info.value)
@@ -550,26 +550,10 @@ def test_fetch_timeout_names_the_last_error(client: Any, stub: Stubber) -> None:
     for _ in range(3):
         error(stub, "generate_credential_report", "LimitExceeded", 409)
     with pytest.raises(CredentialReportError) as info:
-        credential_report.fetch(client, 3.5, Deadline(600), sleep=Sleeps())
+        credential_report.fetch(client, 3.5, sleep=Sleeps())
     assert info.value.code == "CredentialReportTimeout"
     assert "LimitExceeded" in str(info.value)
     stub.assert_no_pending_responses()
-
-
-def test_fetch_wait_is_bounded_by_the_cycle_deadline(client: Any, stub: Stubber) -> None:
-    for _ in range(3):
-        generate(stub, "STARTED")
-    sleeps = Sleeps()
-    with pytest.raises(CredentialReportError) as info:
-        credential_report.fetch(client, 3600, Deadline(5), sleep=sleeps)
-    assert info.value.code == "CredentialReportTimeout"
-    assert sleeps == [1.0, 2.0]
-    stub.assert_no_pending_responses()
-
-
-def test_fetch_passed_deadline_makes_no_call(client: Any, stub: Stubber) -> None:
-    with pytest.raises(DeadlineExceeded):
-        credential_report.fetch(client, 120, Deadline(0), sleep=Sleeps())
 
 
 @pytest.mark.parametrize("method", ["generate_credential_report", "get_credential_report"])
@@ -580,7 +564,7 @@ def test_fetch_raises_non_retryable_errors_at_once(client: Any, stub: Stubber,
     error(stub, method, "AccessDenied", 403)
     sleeps = Sleeps()
     with pytest.raises(ClientError) as info:
-        credential_report.fetch(client, 120, Deadline(600), sleep=sleeps)
+        credential_report.fetch(client, 120, sleep=sleeps)
     assert info.value.response["Error"]["Code"] == "AccessDenied"
     assert sleeps == []
     stub.assert_no_pending_responses()
@@ -591,7 +575,7 @@ def test_fetch_invalid_content_is_not_retried(client: Any, stub: Stubber) -> Non
     get(stub, content=b"<html><body>Rate exceeded</body></html>")
     sleeps = Sleeps()
     with pytest.raises(CredentialReportError) as info:
-        credential_report.fetch(client, 120, Deadline(600), sleep=sleeps)
+        credential_report.fetch(client, 120, sleep=sleeps)
     assert info.value.code == "CredentialReportInvalid"
     assert sleeps == []
     stub.assert_no_pending_responses()
@@ -657,7 +641,7 @@ def _big_csv(users: int) -> bytes:
 def test_report_is_parsed_from_botocores_answer(wrap: bool) -> None:
     raw = _big_csv(3000)
     b64 = base64.encodebytes(raw) if wrap else base64.b64encode(raw)  # line breaks or not
-    report = credential_report.fetch(_http_client(_xml(b64)), 120, Deadline(600))
+    report = credential_report.fetch(_http_client(_xml(b64)), 120)
     assert report == parse(raw, report.generated)
     assert len(report.users) == 3000 and report.users[0].path == "/team/"
     assert report.generated == utc("2026-11-28T01:00:00+00:00")
@@ -668,7 +652,7 @@ def test_report_without_readable_content_is_invalid(content: bytes | None) -> No
     """AWS always sends at least the header row: an answer without a readable report
     must fail loudly, never read as an account without users."""
     with pytest.raises(CredentialReportError) as info:
-        credential_report.fetch(_http_client(_xml(content)), 120, Deadline(600))
+        credential_report.fetch(_http_client(_xml(content)), 120)
     assert info.value.code == "CredentialReportInvalid"
 
 
@@ -676,5 +660,5 @@ def test_report_without_content_from_the_stub_is_invalid(client: Any, stub: Stub
     generate(stub, "COMPLETE")
     stub.add_response("get_credential_report", {"ReportFormat": "text/csv"}, {})
     with pytest.raises(CredentialReportError) as info:
-        credential_report.fetch(client, 120, Deadline(600), sleep=Sleeps())
+        credential_report.fetch(client, 120, sleep=Sleeps())
     assert info.value.code == "CredentialReportInvalid"

@@ -111,7 +111,7 @@ def test_aws_failure_keeps_last_good_data_and_recovers(
     assert sample(s, "iam_exporter_last_success_timestamp_seconds", account_id=A) == frozen
     assert d.get("/healthz").status_code == 200
     assert d.get("/readyz").status_code == 200
-    assert "collection failed" in d.logs() and "AccessDenied" in d.logs()
+    assert "the last known data is kept" in d.logs() and "AccessDenied" in d.logs()
 
     proxy.mode = None
     s = d.wait_for(lambda s: sample(s, "iam_exporter_collection_success", account_id=A) == 1)
@@ -144,7 +144,7 @@ def test_aws_down_at_startup_then_ready_when_it_returns(
                    error="InternalFailure") or 0) >= 1
 
 
-def test_readyz_is_503_until_the_first_cycle_ends(
+def test_readyz_is_503_until_the_first_pass_ends(
         iam: Any, proxy: AwsProxy, start_daemon: Callable[..., Daemon]) -> None:
     add_user(iam, "alice", ("Active",))
     proxy.hang_seconds = 4
@@ -167,20 +167,26 @@ def test_sigterm_exits_zero_promptly(iam: Any, start_daemon: Callable[..., Daemo
     assert took < 4  # far below the 8 s grace: nothing holds the worker up
 
 
-def test_json_logs_one_line_per_cycle_and_no_secrets(
+def test_json_logs_one_line_per_pass_and_no_secrets(
         iam: Any, start_daemon: Callable[..., Daemon]) -> None:
     import json
 
     add_user(iam, "alice", ("Active",))
     d = start_daemon(interval=1, log_format="json")
     d.wait_ready()
-    d.wait_for(lambda s: (s.get(("iam_exporter_cycles_total", ())) or 0) >= 2)
+
+    def last_success(s: dict[Any, float]) -> float:
+        return sample(s, "iam_exporter_last_success_timestamp_seconds", account_id=A) or 0
+
+    first = last_success(d.wait_for(last_success))
+    d.wait_for(lambda s: last_success(s) > first)  # a second pass ended
     d.terminate()
     lines = [json.loads(line) for line in d.logs().splitlines() if line.startswith("{")]
-    cycles = [x for x in lines if x["msg"] == "collection done"]
-    assert len(cycles) >= 2
-    assert {"account_id", "users", "keys_active", "keys_inactive", "duration_s"} <= set(cycles[0])
-    assert cycles[0]["account_id"] == A and cycles[0]["users"] == 1
+    passes = [x for x in lines if x["msg"] == "pass done"]
+    assert len(passes) >= 2
+    assert {"account_id", "users", "keys_active", "keys_inactive", "duration_s"} <= set(passes[0])
+    assert passes[0]["account_id"] == A and passes[0]["users"] == 1
+    assert passes[0]["keys_active"] == 1
     text = d.logs()
     assert "wJalrXUtnFEMI" not in text  # the secret key of FAKE_ENV
     assert "AKIAIOSFODNN7EXAMPLE" not in text

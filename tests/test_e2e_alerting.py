@@ -1,8 +1,8 @@
 """Alerting end to end, with the real binaries on 127.0.0.1 (tests/e2e.py):
 
 moto server → (fault proxy) → the exporter daemon → Prometheus (the shipped rules, every
-`for:` and the headline alert's grace period shortened) → Alertmanager → a webhook
-receiver in this test.
+`for:`, the gap bridge and the headline alert's grace period shortened: fast_rules in
+tests/test_e2e_restart.py) → Alertmanager → a webhook receiver in this test.
 
 One stack per module: the alert scenarios and the dashboard's queries share it.
 """
@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.awsproxy import AwsProxy
-from tests.e2e import MULTI, RULES, Stack, alerting_stack, fast_rules, is_alert
+from tests.e2e import MULTI, RULES, Stack, alerting_stack, is_alert
 from tests.helpers import (
     MOTO_ACCOUNT,
     ROOT,
@@ -30,6 +30,7 @@ from tests.helpers import (
     iam_client,
     reset_moto,
 )
+from tests.test_e2e_restart import fast_rules
 
 pytestmark = pytest.mark.e2e
 
@@ -176,7 +177,7 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     targets = dashboard_targets()
     assert len(targets) >= 20
     # The counters have been scraped at least twice (rate/increase need two samples).
-    stack.wait_query("count_over_time(iam_exporter_cycles_total[1m]) > 2")
+    stack.wait_query("count_over_time(iam_exporter_build_info[1m]) > 2")
     empty = []
     for title, ref, expr in targets:
         if not stack.query(substitute(expr)) and not any(

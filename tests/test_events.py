@@ -1,23 +1,27 @@
 """The event path against moto's SQS and IAM (the shared moto server), in process:
 
-queue (+ dead-letter queue, redrive after 2 receives) → Consumer → re-read from IAM →
-Poller.apply. An AwsProxy in front of moto injects faults; the exporter's own ApiStats
-count its IAM calls. Short long polls (1 s) and visibility timeouts (1 s) keep it fast.
+queue (+ dead-letter queue, redrive after 2 receives) → Consumer → the user at the head of
+its account's read queue → re-read from IAM → the store → the served snapshot. An AwsProxy
+in front of moto injects faults; the exporter's own ApiStats count its IAM calls. Short
+long polls (1 s) and visibility timeouts (1 s) keep it fast.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from exporter.aws.errors import Deadline
-from exporter.aws.session import ApiStats, Target
-from exporter.inventory import AccessKey, AccountInventory, User
+from exporter.aws.accounts import AccountSet
+from exporter.aws.session import ApiStats
+from exporter.events.stats import RESULTS
 from exporter.poller import Poller
 from tests.awsproxy import AwsProxy
 from tests.daemon import sample
@@ -51,8 +55,12 @@ def queues(moto: str, aws_env: dict[str, str]) -> Queues:
 def run(proxy: AwsProxy, queues: Queues) -> Iterator[Runner]:
     runner = Runner(proxy, queues)
     yield runner
-    for c in runner.consumers:
-        c.stop(timeout=0)
+    runner.close()
+
+
+def only(**counts: int) -> dict[str, int]:
+    """Every result counted, those not named 0."""
+    return {r: counts.get(r, 0) for r in RESULTS}
 
 
 # --- every event kind ------------------------------------------------------------------
@@ -93,7 +101,7 @@ def test_every_handled_event_kind_reaches_the_inventory(
     step("DeleteUser", "bob", lambda: served(poller, "bob") is None)
 
     wait_until(settled(consumer, queues, applied=7))
-    assert results(consumer) == {"applied": 7, "ignored": 0, "invalid": 0, "failed": 0}
+    assert results(consumer) == only(applied=7)
     # The key already known kept its id; the new one is the one IAM created.
     assert [k.key_id for k in the(poller, "alice").keys] == [second]
     s = metrics(consumer)
@@ -161,7 +169,7 @@ def test_unwatched_account_costs_no_iam_call_and_is_deleted(
                 body("DeleteUser", "zed", account="999988887777"))
     wait_until(settled(consumer, queues, ignored=2))
     assert run.iam_calls() - before == {}
-    assert results(consumer) == {"applied": 0, "ignored": 2, "invalid": 0, "failed": 0}
+    assert results(consumer) == only(ignored=2)
     assert queues.depth(queues.dlq_url) == 0
 
 
@@ -203,7 +211,7 @@ def test_a_burst_of_100_events_for_one_user_is_one_reread(
     consumer.start()
     wait_until(settled(consumer, queues, applied=100), timeout=20)
     assert keys(poller, "alice") == {"Active": 1, "Inactive": 1}
-    assert results(consumer) == {"applied": 100, "ignored": 0, "invalid": 0, "failed": 0}
+    assert results(consumer) == only(applied=100)
     calls = run.iam_calls() - before
     assert sum(calls.values()) <= 3, calls
     assert calls == {"ListAccessKeys": 1}
@@ -255,11 +263,13 @@ def test_a_throttled_reread_is_retried_and_nothing_is_lost(iam: Any, proxy: AwsP
     proxy.fault_budget = 1
     queues.send(body("CreateAccessKey", "alice"))
     wait_until(lambda: consumer.stats.count("failed") == 1)
-    assert keys(poller, "alice") == {"Active": 1}
-    # Back after the visibility timeout (1 s), and applied.
+    assert proxy.faults["ListAccessKeys"] == 1
+    # The user stays first in its account's queue (tried again after 1 s) and the
+    # message comes back after its back-off: applied, deleted, never dead-lettered.
     wait_until(settled(consumer, queues, applied=1))
     assert keys(poller, "alice") == {"Active": 2}
     assert queues.depth(queues.dlq_url) == 0
+    assert results(consumer) == only(failed=1, applied=1)
     assert proxy.faults["ListAccessKeys"] == 1
 
 
@@ -272,10 +282,14 @@ def test_without_get_user_key_events_of_known_users_still_apply(
     add_user(iam, "newbie", ("Active",))
     queues.send(body("TagUser", "alice"), body("CreateUser", "newbie"))
     wait_until(lambda: keys(poller, "alice") == {"Active": 2})
-    # An unknown user cannot be read without it: left for a retry (and the next cycle).
-    wait_until(lambda: consumer.stats.count("failed") >= 1)
+    # An unknown user cannot be read without it: the message comes back, then is handed
+    # over (the next listing finds the user); never dead-lettered.
+    wait_until(lambda: consumer.stats.count("handed_over") == 1, timeout=15)
+    assert consumer.stats.count("failed") >= 1
     assert served(poller, "newbie") is None
     assert consumer.stats.count("applied") == 1
+    wait_until(lambda: not queues.depth())
+    assert queues.depth(queues.dlq_url) == 0
 
 
 def test_sqs_unreachable_then_back(iam: Any, proxy: AwsProxy, queues: Queues,
@@ -291,7 +305,7 @@ def test_sqs_unreachable_then_back(iam: Any, proxy: AwsProxy, queues: Queues,
               if k[0] == "iam_exporter_events_receive_errors_total"}
     assert errors == {"ConnectionClosedError": errors.get("ConnectionClosedError")}, errors
     # Polling AWS is not affected.
-    assert poller.run_cycle().accounts[0].success
+    assert poller.run_once(timeout=30).accounts[0].success
     iam.create_access_key(UserName="alice")
     queues.send(body("CreateAccessKey", "alice"))
     proxy.rule = None
@@ -328,49 +342,101 @@ def test_credential_report_users_keep_the_reports_shape(iam: Any, queues: Queues
     assert after.keys[0].created == before.keys[0].created
 
 
-# --- the reconcile and events: whichever read IAM later wins ---------------------------
+# --- the store: whichever read IAM later wins -------------------------------------------
 
 
-def test_reconcile_wins_over_older_events_never_over_newer_ones() -> None:
-    cfg = make_config()
-    data_time = [100.0]
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    def alice(active: int) -> User:
-        return User("alice", keys=tuple(AccessKey(f"AKIA{i}", "Active", 0.0)
-                                        for i in range(active)))
 
-    collected = [1]
+def test_a_credential_report_never_undoes_a_newer_event_read(
+        iam: Any, proxy: AwsProxy) -> None:
+    """The credential report is read as of its generation time: a report older than an
+    event's re-read leaves the event's data (keys, a deletion, a creation) in place; a
+    newer one wins. moto's report is live; the proxy sets its GeneratedTime and leaves
+    out the rows of users it "predates"."""
+    add_user(iam, "alice", ("Active",))
+    generated = [time.time() - 3600]
+    predates: set[str] = set()
 
-    def collect(target: Target, cfg: Any, deadline: Deadline) -> AccountInventory:
-        return AccountInventory(A, "credential-report", (alice(collected[0]),),
-                                data_time=data_time[0])
+    def rewrite(action: str, data: bytes) -> bytes:
+        if action != "GetCredentialReport":
+            return data
+        data = re.sub(rb"<GeneratedTime>[^<]*</GeneratedTime>",
+                      f"<GeneratedTime>{iso(generated[0])}</GeneratedTime>".encode(), data)
+        m = re.search(rb"<Content>([^<]*)</Content>", data)
+        assert m is not None
+        rows = base64.b64decode(m.group(1)).decode().splitlines()
+        kept = "\n".join(r for r in rows if r.split(",")[0] not in predates)
+        return data.replace(m.group(1), base64.b64encode(kept.encode()))
 
-    target = Target(cfg, ApiStats())
-    poller = Poller(cfg, [target], collect=collect)
-    poller.run_cycle()
+    proxy.rewrite = rewrite
+    cfg = make_config(aws={"endpoint_url": proxy.url, "max_attempts": 1},
+                      collection={"strategy": "credential-report", "last_used": "off"})
+    poller = Poller(cfg, AccountSet(cfg, ApiStats()))
+    try:
+        def once() -> None:
+            snap = poller.run_once(timeout=30)
+            assert snap.accounts and snap.accounts[0].success, snap.accounts
 
-    def served_keys() -> int:
-        inv = poller.snapshot.accounts[0].inventory
-        assert inv is not None
-        return len(inv.users[0].keys)
+        def event(user: str, name: str) -> float:
+            """The user re-read for an event; returns a time before the re-read."""
+            before = time.time()
+            ticket = poller.request(poller.targets[0], user, {name})
+            assert ticket is not None and ticket.wait(10) and ticket.ok, ticket
+            return before
 
-    # Older than the data served: dropped.
-    poller.apply([(target.key, "alice", alice(3), 90.0)])
-    assert served_keys() == 1
-    # Newer: applied, and it survives a cycle whose data is older than it (a credential
-    # report generated before the change).
-    poller.apply([(target.key, "alice", alice(2), 150.0)])
-    assert served_keys() == 2
-    data_time[0] = 120.0
-    poller.run_cycle()
-    assert served_keys() == 2
-    # A cycle that read IAM after the event wins.
-    data_time[0] = 200.0
-    poller.run_cycle()
-    assert served_keys() == 1
-    # And a user an event saw deleted stays deleted until a newer cycle says otherwise.
-    poller.apply([(target.key, "alice", None, 250.0)])
-    data_time[0] = 240.0
-    poller.run_cycle()
-    inv = poller.snapshot.accounts[0].inventory
-    assert inv is not None and inv.users == ()
+        def served_keys(user: str) -> int | None:
+            got = keys(poller, user)
+            return None if got is None else sum(got.values())
+
+        once()
+        assert served_keys("alice") == 1
+        new = iam.create_access_key(UserName="alice")["AccessKey"]["AccessKeyId"]
+        read = event("alice", "CreateAccessKey")
+        poller.build()
+        assert served_keys("alice") == 2
+        # A report generated before the event's re-read (IAM showed one key then): the
+        # event's keys stay.
+        iam.delete_access_key(UserName="alice", AccessKeyId=new)
+        generated[0] = read - 10
+        once()
+        assert served_keys("alice") == 2
+        # A report generated after it wins.
+        generated[0] = time.time()
+        once()
+        assert served_keys("alice") == 1
+
+        # An event saw the user deleted: a report from before the deletion that still
+        # lists it neither brings it back nor leaves a user waiting for its first read.
+        proxy.rule = lambda action, params: (
+            "no_such_entity" if action == "GetUser" and params.get("UserName") == ["alice"]
+            else None)
+        read = event("alice", "DeleteUser")
+        poller.build()
+        assert served_keys("alice") is None
+        proxy.rule = None
+        generated[0] = read - 10
+        once()
+        assert served_keys("alice") is None
+        assert poller.snapshot.accounts[0].never_read == 0
+        # Until a newer report says otherwise.
+        generated[0] = time.time()
+        once()
+        assert served_keys("alice") == 1
+
+        # An event saw a user created: a report from before its creation (without it)
+        # does not drop it; a newer report without it does.
+        add_user(iam, "bob", ("Active", "Active"))
+        predates.add("bob")
+        read = event("bob", "CreateUser")
+        poller.build()
+        assert served_keys("bob") == 2
+        generated[0] = read - 10
+        once()
+        assert served_keys("bob") == 2
+        generated[0] = time.time()
+        once()
+        assert served_keys("bob") is None
+    finally:
+        poller.stop()

@@ -8,8 +8,10 @@ Already covered elsewhere (not repeated here):
   test_daemon.test_readyz_is_503_until_the_first_cycle_ends
 - retried throttling counted exactly for one account, denied GetAccountSummary as a gap,
   exhausted retries, connection errors by class: test_api_accounting
-- an exception inside a cycle, a crashing publish, a stuck account past its deadline:
-  test_poller; /healthz following the poller thread: test_web.test_healthz_follows_poller
+- one unusable answer (cut short, empty) on any call, retried and counted:
+  test_bad_answers
+- an exception inside a read, a crashing publish: test_poller; /healthz following the
+  poller thread: test_web.test_healthz_follows_poller
 - garbage, truncated and random credential reports, LimitExceeded on generation
   (Stubber): test_credential_report
 """
@@ -27,10 +29,9 @@ import pytest
 from werkzeug.test import Client
 
 from exporter import web
-from exporter.aws.errors import Deadline
 from exporter.aws.session import ApiStats, Target
-from exporter.inventory import AccountInventory, Snapshot, User
-from exporter.poller import OVERRUN, Poller
+from exporter.inventory import Snapshot
+from exporter.poller import Poller
 from tests.awsproxy import AwsProxy
 from tests.daemon import Daemon, sample
 from tests.helpers import MOTO_ACCOUNT, add_user, daemon_config, make_config
@@ -71,8 +72,9 @@ def errors(s: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {labels: v for (n, labels), v in s.items() if n == name}
 
 
-def cycles(s: Samples) -> float:
-    return s.get(("iam_exporter_cycles_total", ()), 0.0)
+def failures(s: Samples, code: str) -> float:
+    """Account-wide failures of the account with that error class so far."""
+    return sample(s, "iam_exporter_collection_errors_total", account_id=A, error=code) or 0
 
 
 def seed(iam: Any) -> None:
@@ -99,19 +101,19 @@ def hang(proxy: AwsProxy, action: str, seconds: float) -> None:
 
 def assert_fails_cleanly_and_recovers(d: Daemon, proxy: AwsProxy, code: str) -> Samples:
     """The failure is reported with its code; last good data, readiness and health stay;
-    last_success stops advancing; clearing the proxy's fault recovers by itself."""
-    s = d.wait_for(lambda s: success(s) == 0, timeout=30)
+    last_success stops advancing while the account keeps failing; clearing the proxy's
+    fault recovers by itself."""
+    s = d.wait_for(lambda s: success(s) == 0 and failures(s, code) >= 1, timeout=30)
     assert_seeded(s)  # the last good data is still served
-    assert (sample(s, "iam_exporter_collection_errors_total", account_id=A, error=code)
-            or 0) >= 1, errors(s, "iam_exporter_collection_errors_total")
     frozen = last_success(s)
-    seen = cycles(s)
-    s = d.wait_for(lambda s: cycles(s) >= seen + 1, timeout=30)
+    seen = failures(s, code)
+    s = d.wait_for(lambda s: failures(s, code) >= seen + 1, timeout=30)  # tried again
     assert success(s) == 0 and last_success(s) == frozen
+    assert_seeded(s)
     assert d.get("/healthz").status_code == 200 and d.get("/readyz").status_code == 200
     clear_faults(proxy)
-    s = d.wait_for(lambda s: success(s) == 1, timeout=30)
-    assert (last_success(s) or 0) > (frozen or 0)
+    s = d.wait_for(lambda s: success(s) == 1 and (last_success(s) or 0) > (frozen or 0),
+                   timeout=30)
     assert_seeded(s)
     assert d.proc.poll() is None
     return s
@@ -144,6 +146,12 @@ def test_throttling_on_30_percent_of_requests_gives_exact_counts(
         assert calls[labels] == actions[op] - faults[op], op  # logical calls
         assert retries.get(labels, 0) == faults[op], op
     assert errors(s, "iam_exporter_aws_api_errors_total") == {}
+    # Every attempt sent to IAM is counted, the throttled ones as such.
+    requests = errors(s, "iam_exporter_iam_requests_total")
+    assert sum(requests.values()) == proxy.service_counts()["iam"]
+    throttles = errors(s, "iam_exporter_iam_throttles_total")
+    assert sum(throttles.values()) == sum(n for op, n in faults.items()
+                                          if op != "GetCallerIdentity")
 
 
 # --------------------------------------------------------------------------- 5xx, resets
@@ -166,7 +174,7 @@ SUSTAINED = [
     ("http500", "InternalFailure"),
     ("http503", "ServiceUnavailable"),
     ("reset", "ConnectionClosedError"),
-    ("garbage", "ResponseParserError"),  # a 200 whose body is not AWS's XML
+    ("garbage", "UnusableResponseError"),  # a 200 whose body is not AWS's XML (retried)
 ]
 
 
@@ -195,7 +203,7 @@ def test_hung_endpoint_is_cut_by_the_read_timeout(iam: Any, proxy: AwsProxy,
     proxy.mode = "hang"
     t0 = time.monotonic()
     d.wait_for(lambda s: success(s) == 0, timeout=15)
-    assert time.monotonic() - t0 < 6  # one read timeout and a cycle, not the 20 s hang
+    assert time.monotonic() - t0 < 6  # one read timeout and a listing, not the 20 s hang
     for _ in range(5):  # scrapes never wait for AWS
         t1 = time.monotonic()
         assert d.get("/metrics").status_code == 200
@@ -203,32 +211,35 @@ def test_hung_endpoint_is_cut_by_the_read_timeout(iam: Any, proxy: AwsProxy,
     assert_fails_cleanly_and_recovers(d, proxy, "ReadTimeoutError")
 
 
-def test_hung_call_is_cut_by_the_cycle_deadline(iam: Any, proxy: AwsProxy,
-                                                start: Callable[..., Daemon]) -> None:
-    """A call stuck longer than the cycle deadline (read timeout above it): the cycle is
-    reported failed at the deadline and the next one recovers once AWS answers."""
+def test_a_hung_read_holds_up_neither_the_other_users_nor_scrapes(
+        iam: Any, proxy: AwsProxy, start: Callable[..., Daemon]) -> None:
+    """bob's ListAccessKeys hangs (longer than this test waits): the other users are read
+    on, their changes served, and bob keeps his last known keys meanwhile."""
     seed(iam)
-    d = start(interval=1, aws={"read_timeout_seconds": 30},
-              collection={"last_used": "off", "timeout_seconds": 1.5})
+    d = start(interval=1, aws={"read_timeout_seconds": 60})
     d.wait_ready()
-    hang(proxy, "ListAccessKeys", 6)
-    t0 = time.monotonic()
-    s = d.wait_for(lambda s: success(s) == 0, timeout=20)
-    assert time.monotonic() - t0 < 1 + 1.5 + OVERRUN + 2
-    assert sample(s, "iam_exporter_collection_errors_total", account_id=A,
-                  error="DeadlineExceeded") == 1
-    assert_seeded(s)
-    # The daemon is not held up meanwhile.
+    proxy.hang_seconds = 40
+    proxy.rule = lambda action, p: ("hang" if action == "ListAccessKeys"
+                                    and p.get("UserName") == ["bob"] else None)
+    deadline = time.monotonic() + 10
+    while not proxy.faults["ListAccessKeys"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proxy.faults["ListAccessKeys"] == 1, "bob's read never hung"
+    alice_key = iam.list_access_keys(UserName="alice")["AccessKeyMetadata"][0]["AccessKeyId"]
+    iam.update_access_key(UserName="alice", AccessKeyId=alice_key, Status="Inactive")
+    s = d.wait_for(lambda s: keys(s, "alice") == 0, timeout=20)  # bob still hangs
+    assert keys(s, "alice", "Inactive") == 1
+    assert keys(s, "bob") == 2 and success(s) == 1
+    assert proxy.faults["ListAccessKeys"] == 1  # bob is not asked twice at once
+    for _ in range(3):  # scrapes never wait for AWS
+        assert d.get("/metrics").status_code == 200
     assert d.get("/healthz").status_code == 200 and d.get("/readyz").status_code == 200
-    proxy.modes.clear()
-    s = d.wait_for(lambda s: success(s) == 1, timeout=30)
-    assert_seeded(s)
 
 
 # --------------------------------------------------------------------------- credentials
 
 
-def test_expired_or_revoked_credentials_are_logged_once_per_cycle(
+def test_expired_or_revoked_credentials_fail_the_account_logged_once_per_failure(
         iam: Any, proxy: AwsProxy, start: Callable[..., Daemon]) -> None:
     for i in range(10):
         add_user(iam, f"user{i}", ("Active",))
@@ -236,16 +247,15 @@ def test_expired_or_revoked_credentials_are_logged_once_per_cycle(
     d.wait_ready()
     for fault, code in (("expired", "ExpiredToken"), ("invalid_token", "InvalidClientTokenId")):
         proxy.mode = fault
-        s = d.wait_for(lambda s, code=code: (sample(
-            s, "iam_exporter_collection_errors_total", account_id=A, error=code) or 0) >= 2,
-            timeout=30)
+        s = d.wait_for(lambda s, code=code: failures(s, code) >= 2, timeout=30)
         assert success(s) == 0 and keys(s, "user0") == 1
-        failed = sample(s, "iam_exporter_collection_errors_total", account_id=A, error=code)
-        lines = [ln for ln in d.logs().splitlines() if code in ln]
-        # One line per failed cycle (not one per user); a cycle may have ended since.
-        assert failed is not None and failed <= len(lines) <= failed + 1, lines
+        # The account's failure, not each user's: no user is marked unread.
+        assert errors(s, "iam_user_unread") == {}
         proxy.mode = None
-        d.wait_for(lambda s: success(s) == 1)
+        s = d.wait_for(lambda s: success(s) == 1)
+        # Each failure counted is logged once, with its code (not once per user).
+        lines = [ln for ln in d.logs().splitlines() if code in ln]
+        assert len(lines) == failures(s, code), lines
 
 
 def test_access_denied_on_account_summary_is_a_visible_gap(
@@ -254,19 +264,19 @@ def test_access_denied_on_account_summary_is_a_visible_gap(
     proxy.modes["GetAccountSummary"] = "deny"
     d = start(interval=1)
     d.wait_ready()
-    s = d.wait_for(lambda s: cycles(s) >= 3)
+
+    def denied(s: Samples) -> float:
+        return sample(s, "iam_exporter_aws_api_errors_total", account_id=A, service="iam",
+                      operation="GetAccountSummary", code="AccessDenied") or 0
+
+    s = d.wait_for(lambda s: denied(s) >= 3)  # three listings
     assert success(s) == 1
     assert_seeded(s)  # the rest is collected
     assert sample(s, "iam_account_users", account_id=A) is None
     assert sample(s, "iam_root_access_keys_present", account_id=A) is None
     assert sample(s, "iam_exporter_collection_warnings", account_id=A,
                   operation="GetAccountSummary", code="AccessDenied") == 1
-    assert (sample(s, "iam_exporter_aws_api_errors_total", account_id=A, service="iam",
-                   operation="GetAccountSummary", code="AccessDenied") or 0) >= 3
-    # Said once per cycle, in the cycle's own log line.
-    lines = [ln for ln in d.logs().splitlines() if "GetAccountSummary" in ln]
-    assert 3 <= len(lines) <= cycles(d.scrape()), lines
-    assert all("collection done" in ln for ln in lines)
+    assert errors(s, "iam_exporter_collection_errors_total") == {}
     # Allowed again: the gap closes.
     proxy.modes.clear()
     s = d.wait_for(lambda s: sample(s, "iam_account_users", account_id=A) == 3)
@@ -303,9 +313,9 @@ def test_access_denied_on_one_users_keys_exports_the_others(
 # --------------------------------------------------------------------------- data faults
 
 
-def test_user_deleted_mid_cycle_is_dropped(iam: Any, proxy: AwsProxy,
-                                           start: Callable[..., Daemon]) -> None:
-    """ListUsers still lists bob, but he is gone when his keys are asked for."""
+def test_user_deleted_between_listing_and_read_is_dropped(
+        iam: Any, proxy: AwsProxy, start: Callable[..., Daemon]) -> None:
+    """The listing still lists bob, but he is gone when his keys are asked for."""
     seed(iam)
     d = start(interval=1)
     d.wait_ready()
@@ -365,36 +375,35 @@ def test_limit_exceeded_on_report_generation_is_waited_out(
 # --------------------------------------------------------------------------- the process
 
 
-def test_sigterm_during_an_in_flight_cycle_exits_0_within_the_grace(
+def test_sigterm_during_an_in_flight_read_exits_0_within_the_grace(
         iam: Any, proxy: AwsProxy, start: Callable[..., Daemon]) -> None:
     seed(iam)
-    d = start(interval=1, aws={"read_timeout_seconds": 60},
-              collection={"last_used": "off", "timeout_seconds": 60})
+    d = start(interval=1, aws={"read_timeout_seconds": 60})
     d.wait_ready()
     hang(proxy, "ListAccessKeys", 60)
     deadline = time.monotonic() + 10
     while not proxy.faults["ListAccessKeys"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proxy.faults["ListAccessKeys"], "no cycle got stuck"
+    assert proxy.faults["ListAccessKeys"], "no read got stuck"
     code, took = d.terminate()
     assert code == 0, d.logs()
     assert took < 8 + 1  # web.shutdown_grace_seconds (default 8) and well under 10 s
 
 
-def test_a_dead_poller_thread_fails_healthz() -> None:
-    """Nothing inside a cycle can end the thread (test_poller); should it end anyway
-    (here: a BaseException from publishing), /healthz reports it so Kubernetes restarts
-    the pod."""
-    cfg = make_config(interval_seconds=1)
-
-    def collect(target: Target, c: Any, deadline: Deadline) -> AccountInventory:
-        return AccountInventory(A, "list", (User("alice"),))
+def test_a_dead_poller_thread_fails_healthz(moto: str, aws_env: dict[str, str]) -> None:
+    """Nothing inside a read can end a thread (test_poller); should the poller's publishing
+    thread end anyway (here: a BaseException from publishing), /healthz reports it so
+    Kubernetes restarts the pod."""
+    cfg = make_config(interval_seconds=1, aws={"endpoint_url": moto},
+                      collection={"last_used": "off"})
+    published: list[Snapshot] = []
 
     def publish(snap: Snapshot) -> None:
-        if snap.cycles >= 2:
+        published.append(snap)
+        if len(published) >= 2:
             raise SystemExit("simulated thread death")
 
-    poller = Poller(cfg, [Target(cfg, ApiStats())], publish=publish, collect=collect)
+    poller = Poller(cfg, [Target(cfg, ApiStats())], publish=publish)
     app = web.App(web.Store(exposition(Snapshot())), poller)
     client = Client(app)
     assert client.get("/healthz").status_code == 503  # not started yet

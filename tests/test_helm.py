@@ -538,6 +538,12 @@ def test_prometheus_rule_applies_value_overrides(
     assert rules["IAMExporterCollectionFailing"]["keep_firing_for"] == "15m"
     assert rules["IAMUserMultipleActiveAccessKeys"]["labels"]["severity"] == "critical"
     assert all(r["labels"]["team"] == "security" for r in rules.values() if r.get("alert"))
+    # The recording rules the alerts read are all there, unchanged and without alert
+    # labels, whichever alerts are disabled; the grace period stays in the headline alert.
+    source = [r for g in yaml.safe_load(ALERTS_SRC.read_text())["groups"] for r in g["rules"]]
+    assert [r for g in groups for r in g["rules"] if "record" in r] == [
+        r for r in source if "record" in r]
+    assert "4 * 3600" in rules["IAMUserMultipleActiveAccessKeys"]["expr"]
 
 
 def test_prometheus_rule_job_name_follows_the_service_monitor() -> None:

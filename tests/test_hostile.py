@@ -113,7 +113,7 @@ def render(users: tuple[User, ...], **metrics_cfg: Any) -> bytes:
     cfg = make_config(metrics=metrics_cfg) if metrics_cfg else make_config()
     inv = AccountInventory(A, "list", users)
     snap = Snapshot(accounts=(AccountState("self", A, 'acct "name"\n', inv, True, 1.0,
-                                           1.7e9),), cycles=1, completed_at=1.7e9)
+                                           1.7e9),), completed_at=1.7e9)
     return Exposition.of(RenderInput(snap, ApiCounts({}, {}, {}), 300, cfg.metrics)).body
 
 

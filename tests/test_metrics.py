@@ -58,6 +58,7 @@ CONTRACT = {
     "iam_exporter_last_success_timestamp_seconds": ("gauge", {"account_id"}),
     "iam_exporter_collection_duration_seconds": ("gauge", {"account_id"}),
     "iam_exporter_build_info": ("gauge", {"version", "python_version"}),
+    "iam_exporter_oldest_user_read_timestamp_seconds": ("gauge", {"account_id"}),
 }
 
 EMPTY_API = ApiCounts({}, {}, {})
@@ -111,13 +112,13 @@ def golden_input() -> RenderInput:
         accounts=(
             AccountState(key="arn:aws:iam::111111111111:role/iam-key-exporter",
                          account_id=PROD, name="prod", inventory=prod, success=True,
-                         duration=2.25, last_success=T0 - 10.0),
+                         duration=2.25, last_success=T0 - 10.0, oldest_read=T0 - 250.0,
+                         never_read=1, needed_rate=0.025),
             AccountState(key="arn:aws:iam::222222222222:role/iam-key-exporter",
                          account_id=STAGING, name="staging", inventory=staging,
                          success=False, duration=0.5, last_success=T0 - 3600 + 2.0,
-                         error="AccessDenied"),
+                         error="AccessDenied", oldest_read=T0 - 3700.0, needed_rate=0.01),
         ),
-        cycles=12,
         completed_at=T0 - 8.0,
         error_counts={(STAGING, "AccessDenied"): 3, (PROD, "ReadTimeoutError"): 1},
         discovery=Discovery(success=True, accounts=2, last_success=T0 - 100),
@@ -257,7 +258,33 @@ def test_contract_values() -> None:
         == {(PROD,): T0 - 10.0, (STAGING,): T0 - 3600 + 2.0}
     assert as_dict(samples["iam_exporter_collection_duration_seconds"], ("account_id",)) == {
         (PROD,): 2.25, (STAGING,): 0.5}
+    assert as_dict(samples["iam_exporter_oldest_user_read_timestamp_seconds"],
+                   ("account_id",)) == {(PROD,): T0 - 250.0, (STAGING,): T0 - 3700.0}
     assert [v for _, v in samples["iam_exporter_build_info"]] == [1.0]
+
+
+def test_freshness_values() -> None:
+    samples = samples_by_name(render_text(golden_input()))
+    assert as_dict(samples["iam_account_never_read_users"], ("account_id",)) == {
+        (PROD,): 1.0, (STAGING,): 0.0}
+    assert as_dict(samples["iam_exporter_iam_request_rate_needed"], ("account_id",)) == {
+        (PROD,): 0.025, (STAGING,): 0.01}
+    # Gone for good with the cycles.
+    assert "iam_exporter_cycles_total" not in samples
+    assert "iam_exporter_cycle_overrun" not in samples
+
+
+def test_an_account_never_read_has_no_oldest_read() -> None:
+    """No read yet: no freshness floor (not 0, which would read as 1970)."""
+    inv = AccountInventory("333333333333", "list", ())
+    snap = Snapshot(accounts=(AccountState(
+        key="self", account_id="333333333333", name="", inventory=inv, success=False,
+        duration=0.0, last_success=None, never_read=4, needed_rate=0.5),), completed_at=T0)
+    samples = samples_by_name(render_text(RenderInput(snap, EMPTY_API, 60)))
+    assert "iam_exporter_oldest_user_read_timestamp_seconds" not in samples
+    assert samples["iam_account_never_read_users"] == [({"account_id": "333333333333"}, 4.0)]
+    assert samples["iam_exporter_iam_request_rate_needed"] == [
+        ({"account_id": "333333333333"}, 0.5)]
 
 
 def test_access_keys_have_both_statuses_for_every_user() -> None:
@@ -291,8 +318,7 @@ def test_failed_account_keeps_last_good_inventory() -> None:
 def test_failed_account_without_any_good_data_has_no_inventory_series() -> None:
     snap = Snapshot(accounts=(AccountState(
         key="self", account_id="333333333333", name="", inventory=None, success=False,
-        duration=0.1, last_success=None, error="NoCredentialsError"),), cycles=1,
-        completed_at=T0)
+        duration=0.1, last_success=None, error="NoCredentialsError"),), completed_at=T0)
     samples = samples_by_name(render_text(RenderInput(snap, EMPTY_API, 60)))
     assert samples["iam_exporter_collection_success"] == [({"account_id": "333333333333"}, 0)]
     assert "iam_exporter_last_success_timestamp_seconds" not in samples
@@ -355,7 +381,7 @@ def test_user_gone_from_inventory_has_no_series() -> None:
     def snap(*users: User) -> Snapshot:
         inv = AccountInventory(PROD, "list", users)
         return Snapshot(accounts=(AccountState("self", PROD, "", inv, True, 1.0, T0),),
-                        cycles=1, completed_at=T0)
+                        completed_at=T0)
 
     keep = User("keep", keys=(AccessKey("AKIAKEEP", "Active", T0),))
     gone = User("gone", keys=(AccessKey("AKIAGONE", "Active", T0, last_used=T0),))
@@ -402,7 +428,7 @@ def hostile_input(user_names: list[str], account_names: list[str],
                                    rnd.random(), T0, None if i % 2 == 0 else acct_name))
         if i % 2:
             errors[(acct, acct_name)] = i
-    snap = Snapshot(accounts=tuple(states), cycles=1, completed_at=T0, error_counts=errors)
+    snap = Snapshot(accounts=tuple(states), completed_at=T0, error_counts=errors)
     return RenderInput(snap, EMPTY_API, 300)
 
 
@@ -548,7 +574,9 @@ def test_exposition_of_empty_snapshot() -> None:
     samples = samples_by_name(text)
     assert "iam_user_access_keys" not in samples
     assert "iam_user_access_keys" in type_lines(text)  # the family, without samples
-    assert samples["iam_exporter_cycles_total"] == [({}, 0.0)]
+    assert "iam_exporter_collection_errors_total" in type_lines(text)  # no samples yet
+    assert "iam_exporter_collection_errors_total" not in samples
+    assert samples["iam_exporter_build_info"][0][1] == 1.0
     assert_promtool_clean(text)
 
 

@@ -1,14 +1,14 @@
-"""The list strategy's paging and per-user error handling, on botocore's Stubber.
+"""The list strategy's paging (botocore's Stubber) and per-user error handling (moto).
 
 moto ignores MaxItems and never truncates, so every page boundary here is scripted: a real
 boto3 IAM client whose responses come from a Stubber that also checks the exact request
-parameters of each call (and fails on any call that was not expected).
+parameters of each call (and fails on any call that was not expected). How the reads of
+an account go (one ListAccessKeys per user, per-user failures, credential failures) is
+shown over real HTTP: the core (Poller) against moto through the fault proxy.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,10 +16,15 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from exporter.aws import list_strategy
-from exporter.aws.errors import CollectionError, Deadline, DeadlineExceeded
-from exporter.aws.list_strategy import KeysResult
-from exporter.inventory import AccessKey, User
+from exporter.aws import collect, list_strategy
+from exporter.aws.errors import CollectionError
+from exporter.aws.session import ApiStats, Target
+from exporter.inventory import AccessKey, Gap, User
+from exporter.store import AccountStore
+from tests.awsproxy import AwsProxy
+from tests.events_helpers import wait_until
+from tests.helpers import MOTO_ACCOUNT, add_user, free_port, make_config
+from tests.passes import inventory, one_pass, polling, state
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 ACCOUNT = "123456789012"
@@ -80,7 +85,7 @@ def test_list_users_follows_markers_and_sends_max_items_each_time(client: Any,
     users_page(stub, [user("bob")], marker_in="m1", marker_out="m2")
     users_page(stub, [], marker_in="m2", marker_out="m3")  # an empty page mid-way
     users_page(stub, [user("dave", "/ops/")], marker_in="m3")
-    got = list_strategy.list_users(client, Deadline(60))
+    got = list_strategy.list_users(client)
     stub.assert_no_pending_responses()
     assert [(u.name, u.path, u.tags) for u in got] == [
         ("carol", "/", None), ("alice", "/division/team/", None), ("bob", "/", None),
@@ -89,7 +94,7 @@ def test_list_users_follows_markers_and_sends_max_items_each_time(client: Any,
 
 def test_list_users_single_page_makes_one_call(client: Any, stub: Stubber) -> None:
     users_page(stub, [user("alice")], truncated=False)
-    assert list_strategy.list_users(client, Deadline(60)) == [
+    assert list_strategy.list_users(client) == [
         list_strategy.UserRef("alice", "/")]
     stub.assert_no_pending_responses()
 
@@ -102,7 +107,7 @@ def test_list_users_truncated_without_marker_is_invalid_pagination(
         resp["Marker"] = marker
     stub.add_response("list_users", resp, {"MaxItems": 1000})
     with pytest.raises(CollectionError) as info:
-        list_strategy.list_users(client, Deadline(60))
+        list_strategy.list_users(client)
     assert info.value.code == "InvalidPagination"
     assert "Marker" in str(info.value)
     stub.assert_no_pending_responses()
@@ -112,21 +117,8 @@ def test_list_users_denied_raises_client_error(client: Any, stub: Stubber) -> No
     stub.add_client_error("list_users", service_error_code="AccessDenied",
                           http_status_code=403, expected_params={"MaxItems": 1000})
     with pytest.raises(ClientError) as info:
-        list_strategy.list_users(client, Deadline(60))
+        list_strategy.list_users(client)
     assert info.value.response["Error"]["Code"] == "AccessDenied"
-
-
-def test_list_users_checks_deadline_between_pages(client: Any, stub: Stubber) -> None:
-    deadline = Deadline(60)
-
-    def first_page_took_long(**_: Any) -> None:
-        deadline.at = time.monotonic() - 1  # the deadline passes during the first page
-
-    client.meta.events.register("after-call.iam.ListUsers", first_page_took_long)
-    users_page(stub, [user("alice")], marker_out="m1")
-    with pytest.raises(DeadlineExceeded):
-        list_strategy.list_users(client, deadline)
-    stub.assert_no_pending_responses()  # the second page was never asked for
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,195 +182,6 @@ def test_list_keys_other_status_is_counted_under_its_status(client: Any,
 
 
 # ---------------------------------------------------------------------------------------
-# collect_users: the whole strategy (concurrency 1 keeps the Stubber's queue in order)
-
-
-def test_collect_users_pages_skips_deleted_and_sorts(client: Any, stub: Stubber) -> None:
-    users_page(stub, [user("zed"), user("Mallory", "/division/team/"), user("alice")],
-               marker_out="u1")
-    users_page(stub, [user("bob", "/ops/"), user("gone")], marker_in="u1")
-    # per user, in ListUsers order
-    keys_page(stub, "zed", [])
-    keys_page(stub, "Mallory", [key("Mallory", kid("AKIAM2"), "Inactive", days=9),
-                                key("Mallory", kid("AKIAM1"), days=3)])
-    keys_page(stub, "alice", [key("alice", kid("AKIAA1"), days=5)])
-    keys_page(stub, "bob", [key("bob", kid("AKIAB2"), days=7)], marker_out="k1")
-    keys_page(stub, "bob", [key("bob", kid("AKIAB1"), days=6)], marker_in="k1")
-    stub.add_client_error("list_access_keys", service_error_code="NoSuchEntity",
-                          http_status_code=404, expected_params={"UserName": "gone"})
-
-    result = list_strategy.collect_users(client, 1, Deadline(60))
-    stub.assert_no_pending_responses()
-    assert result.unread == ()  # a user deleted since ListUsers is left out, not unread
-    users = result.users
-
-    assert [u.name for u in users] == ["Mallory", "alice", "bob", "zed"]
-    by_name = {u.name: u for u in users}
-    assert by_name["Mallory"].path == "/division/team/"
-    assert by_name["bob"].path == "/ops/"
-    assert [k.key_id for k in by_name["Mallory"].keys] == [kid("AKIAM1"), kid("AKIAM2")]
-    assert (by_name["Mallory"].count("Active"), by_name["Mallory"].count("Inactive")) == (1, 1)
-    assert [k.key_id for k in by_name["bob"].keys] == [kid("AKIAB1"), kid("AKIAB2")]
-    assert [k.created for k in by_name["bob"].keys] == [ts(6), ts(7)]
-    assert by_name["bob"].count("Active") == 2
-    assert by_name["alice"].keys == (AccessKey(kid("AKIAA1"), "Active", ts(5)),)
-    assert by_name["zed"].keys == ()
-
-
-def test_collect_users_access_denied_on_one_users_keys_exports_the_others(
-        client: Any, stub: Stubber) -> None:
-    """A permission boundary or SCP protecting one user: that user is tried once more
-    after the others, then reported unread; the others are exported."""
-    users_page(stub, [user("alice"), user("bob", "/ops/")])
-    keys_page(stub, "alice", [key("alice", kid("AKIAA1"))])
-    for _ in range(2):  # the first try, then once more after the others
-        stub.add_client_error("list_access_keys", service_error_code="AccessDenied",
-                              http_status_code=403, expected_params={"UserName": "bob"})
-    result = list_strategy.collect_users(client, 1, Deadline(60))
-    stub.assert_no_pending_responses()
-    assert [u.name for u in result.users] == ["alice"]
-    assert result.unread == (("bob", "/ops/", "AccessDenied"),)
-
-
-def test_collect_users_access_denied_for_every_user_fails_the_account(
-        client: Any, stub: Stubber) -> None:
-    users_page(stub, [user("alice"), user("bob")])
-    for name in ("alice", "bob", "alice", "bob"):
-        stub.add_client_error("list_access_keys", service_error_code="AccessDenied",
-                              http_status_code=403, expected_params={"UserName": name})
-    with pytest.raises(ClientError) as info:
-        list_strategy.collect_users(client, 1, Deadline(60))
-    assert info.value.response["Error"]["Code"] == "AccessDenied"
-    stub.assert_no_pending_responses()
-
-
-def test_collect_users_invalid_key_pagination_fails_the_account(client: Any,
-                                                                stub: Stubber) -> None:
-    users_page(stub, [user("alice")])
-    for _ in range(2):  # the first try, then once more
-        keys_page(stub, "alice", [key("alice", kid("AKIAA1"))], truncated=True)
-    with pytest.raises(CollectionError) as info:
-        list_strategy.collect_users(client, 1, Deadline(60))
-    assert info.value.code == "InvalidPagination"
-
-
-@pytest.mark.parametrize("seconds", [0, -5])
-def test_collect_users_passed_deadline_makes_no_call(client: Any, stub: Stubber,
-                                                     seconds: float) -> None:
-    # Nothing is stubbed: any AWS call would raise botocore's UnStubbedResponseError.
-    with pytest.raises(DeadlineExceeded):
-        list_strategy.collect_users(client, 4, Deadline(seconds))
-    with pytest.raises(DeadlineExceeded):
-        list_strategy.list_users(client, Deadline(seconds))
-
-
-def test_collect_users_empty_account(client: Any, stub: Stubber) -> None:
-    users_page(stub, [])
-    assert list_strategy.collect_users(client, 4, Deadline(60)) == KeysResult((), ())
-    stub.assert_no_pending_responses()
-
-
-# ---------------------------------------------------------------------------------------
-# collect_users with real concurrency: a thread-safe fake (the Stubber's queue is ordered)
-
-
-class FakeIam:
-    """Answers ListUsers in one page and ListAccessKeys per user, recording every call."""
-
-    def __init__(self, keys: dict[str, list[dict[str, Any]]],
-                 fail: dict[str, str] | None = None,
-                 times: dict[str, int] | None = None) -> None:
-        self.keys = keys
-        self.fail = fail or {}
-        # How many times each failing user fails (absent: always).
-        self.times = dict(times or {})
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        self.threads: set[str] = set()
-
-    def list_users(self, **kwargs: Any) -> dict[str, Any]:
-        with self.lock:
-            self.calls.append(("ListUsers", kwargs))
-        return {"Users": [user(n) for n in self.keys], "IsTruncated": False}
-
-    def list_access_keys(self, **kwargs: Any) -> dict[str, Any]:
-        with self.lock:
-            self.calls.append(("ListAccessKeys", kwargs))
-            self.threads.add(threading.current_thread().name)
-        name = kwargs["UserName"]
-        with self.lock:
-            failing = name in self.fail and self.times.get(name, 1) > 0
-            if failing and name in self.times:
-                self.times[name] -= 1
-        if failing:
-            code = self.fail[name]
-            raise ClientError({"Error": {"Code": code, "Message": code}}, "ListAccessKeys")
-        return {"AccessKeyMetadata": self.keys[name], "IsTruncated": False}
-
-
-def test_collect_users_concurrent_exact_and_one_call_per_user() -> None:
-    names = [f"user-{i:03d}" for i in range(199, -1, -1)]  # ListUsers order: descending
-    # 0, 1 or 2 keys each, returned newest first, some Inactive
-    keys = {n: [key(n, kid(f"AKIA{i:03d}B"), "Inactive" if i % 2 else "Active", days=10 + i % 5),
-                key(n, kid(f"AKIA{i:03d}A"), days=i % 5)][: i % 3]
-            for i, n in enumerate(names)}
-    keys["gone"] = []
-    fake = FakeIam(keys, fail={"gone": "NoSuchEntity"})
-    result = list_strategy.collect_users(fake, 8, Deadline(60))  # type: ignore[arg-type]
-    assert result.unread == ()
-    users = result.users
-    assert [u.name for u in users] == sorted(names)
-    calls = [c for c in fake.calls if c[0] == "ListAccessKeys"]
-    assert sorted(c[1]["UserName"] for c in calls) == sorted([*names, "gone"])
-    assert all(set(c[1]) == {"UserName"} for c in calls)
-    assert fake.calls.count(("ListUsers", {"MaxItems": 1000})) == 1
-    for u in users:
-        want = sorted(keys[u.name], key=lambda k: k["CreateDate"])
-        assert [k.key_id for k in u.keys] == [k["AccessKeyId"] for k in want]
-        assert [k.status for k in u.keys] == [k["Status"] for k in want]
-    assert all(t.startswith("iam-keys") for t in fake.threads)
-
-
-def test_collect_users_concurrent_one_failure_is_unread_the_rest_exact() -> None:
-    keys: dict[str, list[dict[str, Any]]] = {
-        f"u{i:02d}": [key(f"u{i:02d}", kid(f"AKIA{i:02d}"))] for i in range(50)}
-    fake = FakeIam(keys, fail={"u07": "AccessDenied"})
-    result = list_strategy.collect_users(fake, 4, Deadline(60))  # type: ignore[arg-type]
-    assert [u.name for u in result.users] == sorted(n for n in keys if n != "u07")
-    assert all(u.count("Active") == 1 for u in result.users)
-    assert result.unread == (("u07", "/", "AccessDenied"),)
-    tries = [c for c in fake.calls if c == ("ListAccessKeys", {"UserName": "u07"})]
-    assert len(tries) == 2  # once with the others, once more after them
-
-
-def test_collect_users_throttled_user_is_read_on_the_second_try() -> None:
-    keys: dict[str, list[dict[str, Any]]] = {
-        f"u{i}": [key(f"u{i}", kid(f"AKIA{i}"))] for i in range(10)}
-    fake = FakeIam(keys, fail={"u3": "Throttling"}, times={"u3": 1})
-    result = list_strategy.collect_users(fake, 4, Deadline(60))  # type: ignore[arg-type]
-    assert [u.name for u in result.users] == sorted(keys)
-    assert result.unread == ()
-
-
-def test_collect_users_every_user_failing_raises_the_failure() -> None:
-    keys: dict[str, list[dict[str, Any]]] = {f"u{i}": [] for i in range(5)}
-    fake = FakeIam(keys, fail=dict.fromkeys(keys, "Throttling"))
-    with pytest.raises(ClientError) as info:
-        list_strategy.collect_users(fake, 4, Deadline(60))  # type: ignore[arg-type]
-    assert info.value.response["Error"]["Code"] == "Throttling"
-
-
-@pytest.mark.parametrize("code", ["ExpiredToken", "InvalidClientTokenId"])
-def test_collect_users_credential_errors_fail_the_account(code: str) -> None:
-    """Credentials are the account's, not one user's: one such error fails it."""
-    keys: dict[str, list[dict[str, Any]]] = {f"u{i}": [] for i in range(20)}
-    fake = FakeIam(keys, fail={"u5": code})
-    with pytest.raises(ClientError) as info:
-        list_strategy.collect_users(fake, 4, Deadline(60))  # type: ignore[arg-type]
-    assert info.value.response["Error"]["Code"] == code
-
-
-# ---------------------------------------------------------------------------------------
 # GetAccountAuthorizationDetails: users with their tags, a page at a time
 
 
@@ -393,9 +196,222 @@ def test_users_with_tags_follow_markers(client: Any, stub: Stubber) -> None:
                                        {"Key": "iam-key-exporter/exempt", "Value": "true"}]}
     gaad_page(stub, [alice], marker_out="m1")
     gaad_page(stub, [user("bob", "/ops/")], marker_in="m1")
-    got = list_strategy.list_users_with_tags(client, Deadline(60))
+    got = list_strategy.list_users_with_tags(client)
     stub.assert_no_pending_responses()
     assert got == [
         list_strategy.UserRef("alice", "/", {"Team": "payments",
                                              "iam-key-exporter/exempt": "true"}),
         list_strategy.UserRef("bob", "/ops/", {})]
+
+
+def test_users_with_tags_keep_only_the_wanted_tags(client: Any, stub: Stubber) -> None:
+    alice = {**user("alice"), "Tags": [{"Key": "Team", "Value": "payments"},
+                                       {"Key": "Secret", "Value": "x"}]}
+    gaad_page(stub, [alice])
+    assert list_strategy.list_users_with_tags(client, {"Team"}) == [
+        list_strategy.UserRef("alice", "/", {"Team": "payments"})]
+
+
+# ---------------------------------------------------------------------------------------
+# An account's listing and its users' reads (collect.list_account / read_keys) on a real
+# Target whose IAM client answers from the Stubber (nothing is sent anywhere)
+
+
+@pytest.fixture
+def target(aws_env: dict[str, str]) -> Target:
+    cfg = make_config(aws={"endpoint_url": f"http://127.0.0.1:{free_port()}"},
+                      collection={"last_used": "off"})
+    return Target(cfg, ApiStats(), account_id=ACCOUNT)
+
+
+def summary(stub: Stubber, users: int) -> None:
+    stub.add_response("get_account_summary",
+                      {"SummaryMap": {"Users": users, "AccountAccessKeysPresent": 0}}, {})
+
+
+def test_listing_pages_and_reads_skip_the_deleted_and_sort(target: Target) -> None:
+    cfg = target._cfg
+    with Stubber(target.iam()) as stub:
+        gaad_page(stub, [user("zed"), user("Mallory", "/division/team/"), user("alice")],
+                  marker_out="u1")
+        gaad_page(stub, [user("bob", "/ops/"), user("gone")], marker_in="u1")
+        summary(stub, 5)
+        listing = collect.list_account(target, cfg, "list")
+        stub.assert_no_pending_responses()
+        assert [(i.name, i.path) for i in listing.users] == [
+            ("zed", "/"), ("Mallory", "/division/team/"), ("alice", "/"), ("bob", "/ops/"),
+            ("gone", "/")]
+        assert listing.gaps == [] and listing.extras.summary.users == 5
+        # per user, in listing order (the queue's order for users never read)
+        keys_page(stub, "zed", [])
+        keys_page(stub, "Mallory", [key("Mallory", kid("AKIAM2"), "Inactive", days=9),
+                                    key("Mallory", kid("AKIAM1"), days=3)])
+        keys_page(stub, "alice", [key("alice", kid("AKIAA1"), days=5)])
+        keys_page(stub, "bob", [key("bob", kid("AKIAB2"), days=7)], marker_out="k1")
+        keys_page(stub, "bob", [key("bob", kid("AKIAB1"), days=6)], marker_in="k1")
+        stub.add_client_error("list_access_keys", service_error_code="NoSuchEntity",
+                              http_status_code=404, expected_params={"UserName": "gone"})
+        reads = {i.name: collect.read_keys(target, cfg, i.name, listing.report)
+                 for i in listing.users}
+        stub.assert_no_pending_responses()
+    assert reads["gone"].keys is None  # deleted since the listing: gone, not unread
+    store = AccountStore(ACCOUNT, "list", dates=False)
+    store.listed_users(listing.users, started=0.0)
+    for name, got in reads.items():
+        store.observe(name, got.keys, got.at)
+    inv = store.inventory()
+    assert inv.unread == ()
+    users = inv.users
+    assert [u.name for u in users] == ["Mallory", "alice", "bob", "zed"]
+    by_name = {u.name: u for u in users}
+    assert by_name["Mallory"].path == "/division/team/"
+    assert by_name["bob"].path == "/ops/"
+    assert [k.key_id for k in by_name["Mallory"].keys] == [kid("AKIAM1"), kid("AKIAM2")]
+    assert (by_name["Mallory"].count("Active"), by_name["Mallory"].count("Inactive")) == (1, 1)
+    assert [k.key_id for k in by_name["bob"].keys] == [kid("AKIAB1"), kid("AKIAB2")]
+    assert [k.created for k in by_name["bob"].keys] == [ts(6), ts(7)]
+    assert by_name["bob"].count("Active") == 2
+    assert by_name["alice"].keys == (AccessKey(kid("AKIAA1"), "Active", ts(5)),)
+    assert by_name["zed"].keys == ()
+
+
+def test_listing_without_the_bulk_permission_pages_list_users(target: Target) -> None:
+    """GetAccountAuthorizationDetails denied: ListUsers (paged) instead, tags unknown, and
+    a gap that says so."""
+    with Stubber(target.iam()) as stub:
+        stub.add_client_error("get_account_authorization_details",
+                              service_error_code="AccessDenied", http_status_code=403,
+                              expected_params={"Filter": ["User"], "MaxItems": 1000})
+        users_page(stub, [user("alice")], marker_out="m1")
+        users_page(stub, [user("bob", "/ops/")], marker_in="m1")
+        summary(stub, 2)
+        listing = collect.list_account(target, target._cfg, "list")
+        stub.assert_no_pending_responses()
+    assert [(i.name, i.path, i.tags_known) for i in listing.users] == [
+        ("alice", "/", False), ("bob", "/ops/", False)]
+    assert listing.gaps == [Gap("GetAccountAuthorizationDetails", "AccessDenied")]
+
+
+def test_listing_of_an_empty_account(target: Target) -> None:
+    with Stubber(target.iam()) as stub:
+        gaad_page(stub, [])
+        summary(stub, 0)
+        listing = collect.list_account(target, target._cfg, "list")
+        stub.assert_no_pending_responses()
+    assert listing.users == [] and listing.gaps == []
+
+
+def test_read_keys_invalid_pagination_is_the_users_error(target: Target) -> None:
+    with Stubber(target.iam()) as stub:
+        keys_page(stub, "alice", [key("alice", kid("AKIAA1"))], truncated=True)
+        with pytest.raises(CollectionError) as info:
+            collect.read_keys(target, target._cfg, "alice", None)
+    assert info.value.code == "InvalidPagination"
+
+
+# ---------------------------------------------------------------------------------------
+# The reads of a whole account over real HTTP: the core against moto, through the proxy
+
+
+A = MOTO_ACCOUNT
+
+
+def listed_keys(proxy: AwsProxy) -> list[str]:
+    """Records the UserName of every ListAccessKeys the proxy sees (and lets it pass)."""
+    seen: list[str] = []
+
+    def rule(action: str, params: dict[str, list[str]]) -> None:
+        if action == "ListAccessKeys":
+            seen.extend(params.get("UserName", ["?"]))
+
+    proxy.rule = rule
+    return seen
+
+
+def counts(inv: Any) -> dict[str, tuple[int, int]]:
+    return {u.name: (u.count("Active"), u.count("Inactive")) for u in inv.users}
+
+
+def test_every_user_is_read_once_concurrently_and_exactly(iam: Any, proxy: AwsProxy) -> None:
+    want = {}
+    for i in range(30):
+        statuses = ("Active", "Inactive", "Active")[: i % 3]
+        add_user(iam, f"user-{i:02d}", statuses)
+        want[f"user-{i:02d}"] = (statuses.count("Active"), statuses.count("Inactive"))
+    seen = listed_keys(proxy)
+    cfg = make_config(aws={"endpoint_url": proxy.url},
+                      collection={"last_used": "off", "concurrency": 4})
+    with polling(cfg, [Target(cfg, ApiStats())]) as poller:
+        snap = one_pass(poller)
+    inv = inventory(snap)
+    assert counts(inv) == want
+    assert sorted(seen) == sorted(want)  # one ListAccessKeys per user, no more
+    assert proxy.counts()["GetAccountAuthorizationDetails"] == 1
+    assert "ListUsers" not in proxy.counts()
+    assert state(snap).success and inv.unread == ()
+
+
+def test_access_denied_on_one_users_keys_exports_the_others(iam: Any,
+                                                             proxy: AwsProxy) -> None:
+    """A permission boundary or SCP protecting one user: that user is reported unread
+    (tried again an interval later: denied is not transient); the others are exported
+    and the account succeeds."""
+    add_user(iam, "alice", ("Active",))
+    add_user(iam, "bob", ("Active",), path="/ops/")
+    seen = listed_keys(proxy)
+    recorder = proxy.rule
+    assert recorder is not None
+    proxy.rule = lambda a, p: ("deny" if a == "ListAccessKeys" and p.get("UserName") == ["bob"]
+                               else recorder(a, p))
+    cfg = make_config(aws={"endpoint_url": proxy.url}, collection={"last_used": "off"})
+    with polling(cfg, [Target(cfg, ApiStats())]) as poller:
+        snap = one_pass(poller)
+    inv = inventory(snap)
+    assert counts(inv) == {"alice": (1, 0)}
+    assert inv.unread == (("bob", "/ops/", "AccessDenied"),)
+    assert state(snap).success
+    assert sorted(seen) == ["alice"] and proxy.faults["ListAccessKeys"] == 1
+
+
+def test_a_failed_read_keeps_the_last_keys_and_the_next_pass_reads_the_user(
+        iam: Any, proxy: AwsProxy) -> None:
+    add_user(iam, "alice", ("Active",))
+    add_user(iam, "bob", ("Active", "Active"))
+    # One worker: each pass reads the listing, then the users, in that order.
+    cfg = make_config(aws={"endpoint_url": proxy.url, "max_attempts": 1},
+                      collection={"last_used": "off", "concurrency": 1})
+    with polling(cfg, [Target(cfg, ApiStats())]) as poller:
+        assert counts(inventory(one_pass(poller))) == {"alice": (1, 0), "bob": (2, 0)}
+        proxy.rule = lambda a, p: ("throttle" if a == "ListAccessKeys"
+                                   and p.get("UserName") == ["bob"] else None)
+        proxy.fault_budget = 1
+        snap = one_pass(poller)
+        inv = inventory(snap)
+        assert counts(inv) == {"alice": (1, 0), "bob": (2, 0)}  # bob's last known keys
+        assert {u.name: u.stale for u in inv.users} == {"alice": "", "bob": "Throttling"}
+        assert state(snap).success
+        snap = one_pass(poller)
+    assert {u.name: u.stale for u in inventory(snap).users} == {"alice": "", "bob": ""}
+    assert proxy.faults["ListAccessKeys"] == 1
+
+
+@pytest.mark.parametrize(("fault", "code"), [("expired", "ExpiredToken"),
+                                             ("invalid_token", "InvalidClientTokenId")])
+def test_credential_errors_on_one_users_keys_fail_the_account(
+        iam: Any, proxy: AwsProxy, fault: str, code: str) -> None:
+    """Credentials are the account's, not one user's: one such error fails it (its data
+    is kept, the user is not marked unread)."""
+    for i in range(6):
+        add_user(iam, f"u{i}", ("Active",))
+    cfg = make_config(aws={"endpoint_url": proxy.url, "max_attempts": 1},
+                      collection={"last_used": "off", "concurrency": 1})
+    with polling(cfg, [Target(cfg, ApiStats())]) as poller:
+        proxy.rule = lambda a, p: (fault if a == "ListAccessKeys"
+                                   and p.get("UserName") == ["u3"] else None)
+        poller.start()
+        snap = wait_until(lambda: (s := poller.publish()).accounts
+                          and state(s).error == code and s, what=f"{code} failing the account")
+    st = state(snap)
+    assert not st.success and snap.error_counts == {(A, code): 1}
+    assert st.inventory is not None and not any(u.stale for u in st.inventory.users)
+    assert "u3" not in {u.name for u in st.inventory.users}

@@ -19,9 +19,11 @@ STS_ACTIONS = {"GetCallerIdentity", "AssumeRole"}
 WRITE_PREFIXES = ("Create", "Delete", "Update", "Put", "Attach", "Detach", "Add", "Remove",
                   "Set", "Tag", "Untag", "Upload", "Change", "Enable", "Deactivate", "Reset")
 # The events consumer (config events.queue_url) long-polls its queue, deletes the messages
-# it handled, and reads queue attributes (its redrive policy, and the dead-letter queue's
-# depth). Exactly these three SQS actions: never SendMessage, never a queue change.
-SQS_ACTIONS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
+# it handled, delays or gives back the ones it could not handle yet (their visibility), and
+# reads queue attributes (its redrive policy, and the dead-letter queue's depth). Exactly
+# these four SQS actions: never SendMessage, never a queue change.
+SQS_ACTIONS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+               "sqs:GetQueueAttributes"}
 # The IAM action a batch operation is authorized by.
 SQS_BATCH = {"DeleteMessageBatch": "DeleteMessage", "SendMessageBatch": "SendMessage",
              "ChangeMessageVisibilityBatch": "ChangeMessageVisibility"}

@@ -12,16 +12,15 @@ import math
 import string
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest
 
 from exporter.aws import credential_report
-from exporter.aws.collect import collect_account
-from exporter.aws.errors import Deadline
-from exporter.aws.session import ApiStats, Target
+from exporter.aws.session import ApiStats
 from exporter.inventory import AccountInventory
+from tests.awsproxy import AwsProxy
 from tests.helpers import MOTO_ACCOUNT, add_user, make_config
+from tests.passes import collect as one_pass_of
 
 NAME_CHARS = string.ascii_letters + string.digits + "+=,.@_-"
 LONG_NAME = ("svc+deploy=prod,eu.west@example.com_" + string.ascii_letters)[:64]
@@ -77,9 +76,10 @@ def seed(iam: Any) -> dict[str, Seeded]:
 
 
 def collect(moto: str, strategy: str, stats: ApiStats | None = None) -> AccountInventory:
+    """One pass of the exporter's core over moto's account."""
     cfg = make_config(aws={"endpoint_url": moto}, collection={"strategy": strategy})
     assert cfg.collection.strategy == strategy
-    return collect_account(Target(cfg, stats or ApiStats()), cfg, Deadline(60))
+    return one_pass_of(cfg, stats)
 
 
 def counts(inv: AccountInventory) -> dict[str, tuple[int, int]]:
@@ -188,32 +188,31 @@ def test_moto_report_really_has_unquoted_commas(iam: Any, seeded: dict[str, Seed
     assert {u.name: u.path for u in report.users}["a,b,c"] == "/division/team/"
 
 
-def test_user_deleted_between_list_users_and_list_access_keys(
-        moto: str, iam: Any, seeded: dict[str, Seeded]) -> None:
+def test_user_deleted_between_the_listing_and_its_read(
+        iam: Any, proxy: AwsProxy, seeded: dict[str, Seeded]) -> None:
     victim = "team-member"
     deleted: list[str] = []
-    cfg = make_config(aws={"endpoint_url": moto}, collection={"strategy": "list"})
-    stats = ApiStats()
-    target = Target(cfg, stats)
 
-    def delete_first(request: Any, **_: Any) -> None:
-        body = request.body.decode() if isinstance(request.body, bytes) else request.body
-        if parse_qs(body).get("UserName") == [victim] and not deleted:
+    def delete_first(action: str, params: dict[str, list[str]]) -> None:
+        """Just before the victim's ListAccessKeys reaches moto, the user is deleted."""
+        if action == "ListAccessKeys" and params.get("UserName") == [victim] and not deleted:
             for meta in iam.list_access_keys(UserName=victim)["AccessKeyMetadata"]:
                 iam.delete_access_key(UserName=victim, AccessKeyId=meta["AccessKeyId"])
             iam.delete_user(UserName=victim)
             deleted.append(victim)
 
-    # before-send: the fast path (exporter.aws.query) emits it as botocore does.
-    target.iam().meta.events.register("before-send.iam.ListAccessKeys", delete_first)
-    inv = collect_account(target, cfg, Deadline(60))
+    proxy.rule = delete_first
+    stats = ApiStats()
+    cfg = make_config(aws={"endpoint_url": proxy.url}, collection={"strategy": "list"})
+    inv = one_pass_of(cfg, stats)
 
     assert deleted == [victim]
     want = expected_counts(seeded)
     del want[victim]
     assert counts(inv) == want
     assert victim not in {u.name for u in inv.users}
-    assert inv.summary.users == len(SEED) - 1
+    assert inv.unread == ()  # gone, not unread
+    assert inv.summary.users == len(SEED)  # the summary was read with the listing, before
     # the victim's call was really made, and moto really answered NoSuchEntity
     assert calls(stats)["ListAccessKeys"] == len(SEED)
     assert stats.counts().errors == {(MOTO_ACCOUNT, "iam", "ListAccessKeys", "NoSuchEntity"): 1}

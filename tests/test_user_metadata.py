@@ -7,16 +7,13 @@ from typing import Any
 
 import pytest
 
-from exporter import metrics
-from exporter.aws.collect import collect_account
-from exporter.aws.errors import Deadline
-from exporter.aws.session import ApiCounts, ApiStats, Target
+from exporter.aws.session import ApiStats, Target
 from exporter.config import Config
-from exporter.inventory import AccountState, Snapshot
-from exporter.metrics import RenderInput
 from tests.awsproxy import AwsProxy
 from tests.daemon import parse_samples
 from tests.helpers import MOTO_ACCOUNT, add_user, make_config, promtool_check_metrics
+from tests.passes import inventory, one_pass, polling
+from tests.passes import render as exposition
 
 EXEMPT = {"iam-key-exporter/exempt": "true"}
 
@@ -33,13 +30,13 @@ def seed(iam: Any) -> dict[str, list[str]]:
 
 
 def render(cfg: Config, proxy: AwsProxy, stats: ApiStats | None = None) -> dict[str, Any]:
-    stats = stats or ApiStats()
-    inv = collect_account(Target(cfg, stats), cfg, Deadline(60))
-    snap = Snapshot(accounts=(AccountState("self", inv.account_id, "", inv, True, 1.0, 1.0),),
-                    cycles=1, completed_at=1.0)
-    body = metrics.render(RenderInput(snap, ApiCounts({}, {}, {}), 60.0, cfg.metrics))
-    promtool_check_metrics(body)
-    return {"samples": parse_samples(body.decode()), "inv": inv, "body": body}
+    """One pass of the core over the proxied account, rendered (and checked by promtool)."""
+    with polling(cfg, [Target(cfg, stats or ApiStats())]) as poller:
+        snap = one_pass(poller)
+    body = exposition(snap, cfg)
+    check = promtool_check_metrics(body)
+    assert check.returncode == 0, check.stdout + check.stderr
+    return {"samples": parse_samples(body.decode()), "inv": inventory(snap), "body": body}
 
 
 def series(samples: Any, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -156,7 +153,43 @@ def test_per_account_strategy_overrides_the_default(iam: Any, proxy: AwsProxy) -
     seed(iam)
     cfg = cfg_for(proxy, accounts=[{"role_arn": f"arn:aws:iam::{MOTO_ACCOUNT}:role/x",
                                     "strategy": "credential-report"}])
-    target = Target(cfg, ApiStats(), account=cfg.accounts[0])
-    inv = collect_account(target, cfg, Deadline(60))
+    before = proxy.counts()
+    with polling(cfg, [Target(cfg, ApiStats(), account=cfg.accounts[0])]) as poller:
+        inv = inventory(one_pass(poller))
     assert inv.strategy == "credential-report"
     assert cfg.collection.strategy == "list"
+    assert {u.name: u.count("Active") for u in inv.users} == {
+        "alice": 2, "bob": 2, "svc-ci": 1, "carol": 1}
+    spent = proxy.counts() - before
+    assert spent["GetCredentialReport"] == 1 and "ListAccessKeys" not in spent
+    assert spent["AssumeRole"] == 1
+
+
+def test_an_expired_key_is_counted_under_its_own_status(iam: Any, proxy: AwsProxy) -> None:
+    """moto cannot make an Expired key (botocore's model lists the status): the proxy
+    rewrites carol's ListAccessKeys answer. It is counted as Expired, never an error,
+    for the user and the account."""
+    seed(iam)
+
+    def expire(action: str, body: bytes) -> bytes:
+        if action == "ListAccessKeys" and b"<UserName>carol</UserName>" in body:
+            assert body.count(b"<Status>Active</Status>") == 1
+            return body.replace(b"<Status>Active</Status>", b"<Status>Expired</Status>")
+        return body
+
+    proxy.rewrite = expire
+    out = render(cfg_for(proxy), proxy)
+    s = out["samples"]
+    carol = {dict(k)["status"]: v for k, v in series(s, "iam_user_access_keys").items()
+             if dict(k)["user_name"] == "carol"}
+    assert carol == {"Active": 0.0, "Inactive": 0.0, "Expired": 1.0}
+    assert series(s, "iam_account_access_keys") == {
+        (("account_id", MOTO_ACCOUNT), ("status", "Active")): 5.0,
+        (("account_id", MOTO_ACCOUNT), ("status", "Inactive")): 1.0,
+        (("account_id", MOTO_ACCOUNT), ("status", "Expired")): 1.0}
+    assert series(s, "iam_exporter_collection_success") == {
+        (("account_id", MOTO_ACCOUNT),): 1.0}
+    assert series(s, "iam_user_unread") == {}
+    (key,) = [labels for labels in series(s, "iam_access_key_created_timestamp_seconds")
+              if dict(labels)["user_name"] == "carol"]
+    assert dict(key)["status"] == "Expired"

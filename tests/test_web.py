@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import socket
 import zlib
@@ -61,7 +62,7 @@ def snapshot() -> Snapshot:
                      0.5, T0 - 900, error="AccessDenied<b>"),
         AccountState("arn:aws:iam::333333333333:role/x", "333333333333", "never", None,
                      False, 0.1, None, error="NoCredentialsError"),
-    ), cycles=3, completed_at=T0, error_counts={("222222222222", "AccessDenied"): 2})
+    ), completed_at=T0, error_counts={("222222222222", "AccessDenied"): 2}, ready=True)
 
 
 def make_client(store: web.Store, poller: FakePoller | None) -> Client:
@@ -125,7 +126,7 @@ def test_metrics_plain(client: Client, store: web.Store) -> None:
 def test_metrics_serves_the_stored_exposition_exactly(client: Client, store: web.Store,
                                                       fixed_tail: bytes) -> None:
     assert client.get("/metrics").get_data() == store.exposition.body + fixed_tail
-    newer = exposition(Snapshot(accounts=snapshot().accounts[:1], cycles=4, completed_at=T0))
+    newer = exposition(Snapshot(accounts=snapshot().accounts[:1], completed_at=T0))
     store.set(newer)
     body = client.get("/metrics").get_data()
     assert body == newer.body + fixed_tail
@@ -200,6 +201,11 @@ def test_readyz_before_and_after_first_snapshot() -> None:
     resp = client.get("/readyz")
     assert resp.status_code == 503
     assert_length(resp)
+    # Accounts known, but not every user read once yet: still not ready.
+    store.set(exposition(dataclasses.replace(snapshot(), ready=False)))
+    resp = client.get("/readyz")
+    assert resp.status_code == 503
+    assert b"read once" in resp.get_data()
     store.set(exposition(snapshot()))
     resp = client.get("/readyz")
     assert resp.status_code == 200
@@ -254,9 +260,9 @@ def test_index_lists_accounts_escaped(client: Client) -> None:
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in rows[1]
 
 
-def test_index_before_first_cycle() -> None:
+def test_index_before_any_account_listed() -> None:
     page = Client(web.App(web.Store(exposition(Snapshot())))).get("/").get_data(as_text=True)
-    assert "first cycle not finished" in page
+    assert "no account listed yet" in page
 
 
 # --------------------------------------------------------------------------- routing
@@ -342,8 +348,7 @@ def test_a_new_exposition_is_served_from_the_next_scrape(fixed_tail: bytes) -> N
     client = make_client(store, None)
     assert client.get("/metrics").get_data() == b"".join(metrics.render_accounts(data)) \
         + fixed_tail
-    newer = RenderInput(Snapshot(accounts=snapshot().accounts[:1], cycles=4,
-                                 completed_at=T0), ApiCounts({}, {}, {}), 60.0)
+    newer = RenderInput(Snapshot(accounts=snapshot().accounts[:1], completed_at=T0), ApiCounts({}, {}, {}), 60.0)
     store.set(Exposition.of(newer))
     resp = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
     assert gzip.decompress(resp.get_data()) == b"".join(metrics.render_accounts(newer)) \

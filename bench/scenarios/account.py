@@ -19,16 +19,15 @@ class Case:
     scenario: str
     budget: float  # aws.max_requests_per_second
     max_throttled: float  # share of IAM requests
-    bound: str  # "budget" | "quota": what the cycle time is held against
-    factor: float  # cycle time <= factor x requests / bound rate
+    bound: str  # "budget" | "quota": what the pass time is held against
+    factor: float  # pass time <= factor x requests / bound rate
 
 
 def account_config(url: str, b: Bench, budget: float) -> Any:
     z = b.sizes
     return load_config(config_dict(
         url, concurrency=z.concurrency,
-        aws={"max_requests_per_second": budget, "retry_mode": "standard"},
-        collection={"timeout_seconds": z.timeout}))
+        aws={"max_requests_per_second": budget, "retry_mode": "standard"}))
 
 
 def run_case(b: Bench, case: Case) -> dict[str, Any]:
@@ -37,10 +36,10 @@ def run_case(b: Bench, case: Case) -> dict[str, Any]:
     with FakeIam(users=z.account_users, latency_ms=z.latency_ms, quota_rate=z.quota,
                  quota_burst=z.quota) as fake:
         fake.generate_reports()
-        exp = InProcess(account_config(fake.url, b, case.budget))
-        fake.reset()
-        snap, wall, cpu = exp.cycle()
-        st = fake.stats()
+        with InProcess(account_config(fake.url, b, case.budget), z.timeout) as exp:
+            fake.reset()
+            snap, wall, cpu = exp.run_pass()
+            st = fake.stats()
     ok, note = exact(snap, {data.account_id: data.truth()})
     requests, throttled = st["iam_total"], st["throttled_total"]
     rate = case.budget if case.bound == "budget" else z.quota
@@ -67,14 +66,14 @@ def _rows(b: Bench, case: Case, r: dict[str, Any]) -> None:
           f"({pct(r['throttled'], r['iam_requests'])})",
           f"<= {case.max_throttled * 100:g} %", share <= case.max_throttled)
     ratio = r["seconds"] / r["ideal_seconds"] if r["ideal_seconds"] else float("inf")
-    b.row(s, f"cycle time / (requests / {case.bound})",
+    b.row(s, f"pass time / (requests / {case.bound})",
           f"{ratio:.2f}x ({secs(r['seconds'])}; {r['iam_requests']} requests / "
           f"{case.budget if case.bound == 'budget' else z.quota:g}/s = "
           f"{secs(r['ideal_seconds'])})", f"<= {case.factor:g}x", ratio <= case.factor)
     b.row(s, "most IAM requests in one clock second (fake)",
           f"{r['peak_per_second']} (budget {case.budget:g}/s; quota {z.quota:g}/s, "
           f"burst {z.quota:g})")
-    b.row(s, "exporter CPU for the cycle", secs(r["cpu_seconds"]))
+    b.row(s, "exporter CPU for the pass", secs(r["cpu_seconds"]))
     if not r["budget_module"]:
         b.row(s, "exporter/aws/budget.py", "absent: aws.max_requests_per_second is not "
               "enforced yet")

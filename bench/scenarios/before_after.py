@@ -1,8 +1,10 @@
 """Scenario 7 (issue 14): the same measurements on an older checkout ("before", e.g. the
 commit with the hand-made fast path: ``git worktree add /tmp/before <commit>``) and on
-this one ("after"): cycle wall time and CPU at 5,000 users (50 ms latency, concurrency 8,
+this one ("after"): pass wall time and CPU at 5,000 users (50 ms latency, concurrency 8,
 no throttling, a budget that never binds), scrape p99 at 200 accounts x 250 users, and
-peak RSS of the cycle process and of the daemon's worker.
+peak RSS of the pass process and of the daemon's worker. A pass is ``run_once`` on the
+continuous core and ``run_cycle`` (a collection cycle) on an older tree: bench/cycle_probe.py
+uses whichever the tree has.
 
     python -m bench.run --only before-after --before-tree /tmp/before
 """
@@ -26,17 +28,18 @@ S = "7 before/after"
 PROBE = Path(__file__).resolve().parent.parent / "cycle_probe.py"
 
 
-def probe(tree: Path, endpoint: str, b: Bench, cycles: int = 2) -> dict[str, Any]:
+def probe(tree: Path, endpoint: str, b: Bench, passes: int = 2) -> dict[str, Any]:
     """bench/cycle_probe.py on the exporter of ``tree``, in its own process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "probe.json"
         r = subprocess.run(
             [sys.executable, "-P", str(PROBE), "--endpoint", endpoint, "--concurrency",
-             str(b.sizes.concurrency), "--budget", str(NO_BUDGET), "--cycles", str(cycles),
-             "--out", str(out)], cwd=tree, env=subprocess_env({"PYTHONPATH": str(tree)}),
-            capture_output=True, text=True, timeout=b.sizes.timeout * cycles)
+             str(b.sizes.concurrency), "--budget", str(NO_BUDGET), "--passes", str(passes),
+             "--timeout", str(b.sizes.timeout), "--out", str(out)], cwd=tree,
+            env=subprocess_env({"PYTHONPATH": str(tree)}), capture_output=True, text=True,
+            timeout=b.sizes.timeout * passes + 60)
         if r.returncode != 0:
-            raise RuntimeError(f"cycle probe in {tree} failed:\n{r.stderr[-3000:]}")
+            raise RuntimeError(f"pass probe in {tree} failed:\n{r.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(out.read_text())
     if not result["exporter"].startswith(str(tree.resolve())):
         raise RuntimeError(f"probe imported {result['exporter']}, not the one in {tree}")
@@ -53,8 +56,8 @@ def measure(b: Bench, trees: dict[str, Path]) -> dict[str, dict[str, Any]]:
         for name, tree in trees.items():
             p = probe(tree, fake.url, b)
             p["exact"] = p.pop("counts") == truth
-            out[name]["cycle"] = p
-            print(f"  {name}: cycles {p['cycles']}", file=sys.stderr)
+            out[name]["pass"] = p
+            print(f"  {name} ({p['api']}): passes {p['passes']}", file=sys.stderr)
     org = org_truth(b)
     for name, tree in trees.items():
         s = scrape_daemon(b, tree)
@@ -77,12 +80,13 @@ def scenario_before_after(b: Bench) -> None:
         return
     z = b.sizes
     r = measure(b, {"before": tree.resolve(), "after": ROOT})
-    last = -1  # the steady-state cycle (clients and sessions warm)
+    last = -1  # the steady-state pass (clients and sessions warm)
     checks = [
-        (f"cycle wall, {z.account_users} users, {z.latency_ms:g} ms, concurrency "
-         f"{z.concurrency}", lambda x: x["cycle"]["cycles"][last]["seconds"], "{:.1f} s"),
-        ("cycle CPU", lambda x: x["cycle"]["cycles"][last]["cpu_seconds"], "{:.1f} s"),
-        ("cycle process peak RSS", lambda x: x["cycle"]["peak_rss"] / MB, "{:.0f} MB"),
+        (f"pass wall (before: {r['before']['pass']['api']}), {z.account_users} users, "
+         f"{z.latency_ms:g} ms, concurrency {z.concurrency}",
+         lambda x: x["pass"]["passes"][last]["seconds"], "{:.1f} s"),
+        ("pass CPU", lambda x: x["pass"]["passes"][last]["cpu_seconds"], "{:.1f} s"),
+        ("pass process peak RSS", lambda x: x["pass"]["peak_rss"] / MB, "{:.0f} MB"),
         (f"scrape p99 plain, {z.org_accounts} x {z.org_users} users",
          lambda x: x["scrape"]["plain"]["p99"] * 1000, "{:.1f} ms"),
         ("scrape p99 gzip", lambda x: x["scrape"]["gzip"]["p99"] * 1000, "{:.1f} ms"),
@@ -91,8 +95,8 @@ def scenario_before_after(b: Bench) -> None:
     ]
     for check, pick, fmt in checks:
         b.row(S, check, _pair(r, pick, fmt))
-    ok = all(r[n][k]["exact"] for n in r for k in ("cycle", "scrape"))
-    b.row(S, "cycle counts and daemon exposition: both trees exact", str(ok), "True", ok)
+    ok = all(r[n][k]["exact"] for n in r for k in ("pass", "scrape"))
+    b.row(S, "pass counts and daemon exposition: both trees exact", str(ok), "True", ok)
     print(table(["measure", "before", "after"], [
         [c, fmt.format(pick(r["before"])), fmt.format(pick(r["after"]))]
         for c, pick, fmt in checks]))

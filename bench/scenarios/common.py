@@ -39,23 +39,39 @@ class Sizes:
     storm_users: int = 800
     storm_quota: float = 14.0
     storm_budget: float = 20.0
-    storm_cycles: int = 3
+    storm_passes: int = 3
     events_accounts: int = 40  # scenario 8: accounts x users watched by the daemon ...
     events_users: int = 250
     events_changes: int = 100  # ... key changes timed through the events queue
-    events_budget: float = 100.0  # per account: a short cycle (polling at its best)
-    timeout: float = 900.0  # collection.timeout_seconds and the daemon's wait
+    events_budget: float = 100.0  # per account: a short pass (polling at its best)
+    # Scenarios 9 and 10: one account at the default request budget, in the daemon, with
+    # events sent while its first pass runs.
+    continuous_users: int = 5000
+    continuous_interval: float = 300.0  # interval_seconds
+    continuous_events: int = 30  # key changes sent (fake IAM + SQS) during the first pass
+    continuous_sample: float = 30.0  # seconds between freshness samples
+    continuous_after: float = 120.0  # watched this long after the first pass
+    rules_users: tuple[int, ...] = (10000, 50000)  # scenario 11 (rules): 250 an account,
+    rules_hours: float = 5.0  # ... history backfilled at a 60 s scrape,
+    rules_eval_interval: str = "15s"  # ... Prometheus' evaluation_interval,
+    rules_live_evals: int = 4  # ... evaluations watched per group
+    timeout: float = 900.0  # the longest wait for a pass (run_once, the daemon)
 
 
 FULL = Sizes()
 QUICK = Sizes(account_users=1000, org_accounts=40, scrapes=100, requests_sizes=(500,),
-              storm_users=200, events_accounts=8, events_changes=30)
+              storm_users=200, events_accounts=8, events_changes=30,
+              continuous_users=1000, continuous_interval=60.0, continuous_events=12,
+              continuous_sample=6.0, continuous_after=30.0, rules_users=(10000,))
 # Tiny, and the rates scaled up with them, so that each row takes about a second.
 SMOKE = Sizes(account_users=30, latency_ms=2.0, quota=100.0, budget_under=75.0,
               budget_over=200.0, org_accounts=4, org_users=20, org_budget=200.0,
               org_parallel=4, scrapes=20, requests_sizes=(30,), storm_users=30,
               storm_quota=70.0, storm_budget=100.0, events_accounts=2, events_users=20,
-              events_changes=6, timeout=120.0)
+              events_changes=6, continuous_users=30, continuous_interval=5.0,
+              continuous_events=3, continuous_sample=1.0, continuous_after=4.0,
+              rules_users=(50,), rules_hours=1.0, rules_eval_interval="1s",
+              rules_live_evals=2, timeout=120.0)
 
 
 @dataclass
@@ -73,9 +89,12 @@ class Bench:
     out: Path
     smoke: bool
     before_tree: Path | None = None
+    before_rules: Path | None = None  # scenario 11 (rules): another rules file
     rows: list[Row] = field(default_factory=list)
     # Started early by run.py, taken by the scenario that measures it (e.g. "scrape").
     background: dict[str, Any] = field(default_factory=dict)
+    # One measurement that several scenarios report on (e.g. 9 and 10), by name.
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def row(self, scenario: str, check: str, measured: str, target: str = "-",
             ok: bool | None = None) -> bool | None:
@@ -100,21 +119,37 @@ def has_budget() -> bool:
 
 
 class InProcess:
-    """The daemon's collection path, as the CLI builds it: config → accounts → Poller;
-    run_cycle() again and again on one Poller reuses its sessions and clients."""
+    """The daemon's collection path, as the CLI builds it: config → accounts → Poller.
+    ``run_pass()`` asks for a pass on demand (``Poller.run_once``: every account listed
+    and each user read once since the call); again and again on one Poller it reuses its
+    sessions, clients and request budget. The account loops keep running between passes
+    (with the bench's day-long interval nothing more is due): ``stop()`` when done."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, timeout: float = 900.0) -> None:
         from exporter.aws.accounts import AccountSet
         from exporter.aws.session import ApiStats
         from exporter.poller import Poller
 
         self.poller = Poller(cfg, AccountSet(cfg, ApiStats()))
+        self.timeout = timeout
 
-    def cycle(self) -> tuple[Any, float, float]:
-        """(snapshot, wall seconds, CPU seconds of this process)."""
+    def run_pass(self) -> tuple[Any, float, float]:
+        """(snapshot, wall seconds, CPU seconds of this process) of one pass."""
         cpu, t = cpu_seconds(), time.perf_counter()
-        snap = self.poller.run_cycle()
-        return snap, time.perf_counter() - t, cpu_seconds() - cpu
+        snap = self.poller.run_once(timeout=self.timeout)
+        wall = time.perf_counter() - t
+        if wall >= self.timeout:
+            raise TimeoutError(f"the pass did not end within {self.timeout:g} s")
+        return snap, wall, cpu_seconds() - cpu
+
+    def stop(self) -> None:
+        self.poller.stop()
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 def _count(user: Any, status: str) -> int:

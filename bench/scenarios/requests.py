@@ -1,5 +1,12 @@
-"""Scenario 5: IAM requests per cycle, both strategies, last-used and tags on and off, at
-500 and 5,000 users: the documented formula against the fake's count, exactly."""
+"""Scenario 5: IAM requests per pass (a listing, then each user read once: ``run_once``),
+both strategies, last-used and tags on and off, at 500 and 5,000 users: the documented
+formula against the fake's count, exactly.
+
+The formula (list strategy): listing pages (GetAccountAuthorizationDetails) + 1
+GetAccountSummary + the credential report's calls (Generate + Get, for last-used dates) +
+1 ListAccessKeys per user + last-used calls (GetAccessKeyLastUsed per key with ``api``).
+The credential-report strategy: Generate + Get + GetAccountSummary (+ listing pages when
+tags are wanted)."""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from bench.harness import config_dict, load_config, table
 from bench.scenarios.common import NO_BUDGET, Bench, InProcess, exact
 
 PAGE = 1000  # the exporter's MaxItems
-S = "5 requests per cycle"
+S = "5 requests per pass"
 
 
 @dataclass
@@ -59,7 +66,7 @@ class Combo:
 def combos(users: int, full_max: int) -> list[Combo]:
     lst = [Combo("list", lu, tags) for lu in ("off", "credential-report", "api")
            for tags in (False, True)]
-    if users > full_max:  # big list cycles cost CPU here: the fullest (the default) only
+    if users > full_max:  # big list passes cost CPU here: the fullest (the default) only
         lst = [Combo("list", "credential-report", True)]
     return [*lst, Combo("credential-report", None, False),
             Combo("credential-report", None, True)]
@@ -67,9 +74,9 @@ def combos(users: int, full_max: int) -> list[Combo]:
 
 def _measure(b: Bench, fake: FakeIam, data: Dataset, c: Combo) -> dict[str, Any]:
     users = len(data.users)
-    exp = InProcess(load_config(c.config(fake.url)))
-    fake.reset()
-    snap, secs, _ = exp.cycle()
+    with InProcess(load_config(c.config(fake.url)), b.sizes.timeout) as exp:
+        fake.reset()
+        snap, secs, _ = exp.run_pass()
     ok, note = exact(snap, {data.account_id: data.truth()})
     measured = {k: v for k, v in fake.stats()["requests"].items()
                 if k not in ("GetCallerIdentity", "AssumeRole")}
@@ -89,11 +96,12 @@ def _measure(b: Bench, fake: FakeIam, data: Dataset, c: Combo) -> dict[str, Any]
 
 
 def cold_requests(b: Bench, fake: FakeIam, data: Dataset) -> dict[str, Any]:
-    """The credential-report strategy's first cycle: the report has to be generated."""
-    exp = InProcess(load_config(Combo("credential-report", None, False).config(fake.url)))
-    fake.forget_report()
-    fake.reset()
-    snap, secs, _ = exp.cycle()
+    """The credential-report strategy's first pass: the report has to be generated."""
+    cfg = load_config(Combo("credential-report", None, False).config(fake.url))
+    with InProcess(cfg, b.sizes.timeout) as exp:
+        fake.forget_report()
+        fake.reset()
+        snap, secs, _ = exp.run_pass()
     ok, _ = exact(snap, {data.account_id: data.truth()})
     measured = {k: v for k, v in fake.stats()["requests"].items() if k != "GetCallerIdentity"}
     total = sum(measured.values())
@@ -109,7 +117,7 @@ def scenario_requests(b: Bench) -> None:
     for users in z.requests_sizes:
         data = Dataset.generate(users)
         with FakeIam(users=users, latency_ms=0) as fake:
-            # A report exists, as it does from the exporter's previous cycle (AWS keeps
+            # A report exists, as it does from the exporter's previous pass (AWS keeps
             # one for 4 hours); the cold start is measured separately below.
             boto3.client("iam", endpoint_url=fake.url).generate_credential_report()
             results += [_measure(b, fake, data, c)

@@ -179,7 +179,7 @@ def overview() -> list[Builder[dm.Panel]]:
         stat_panel("Exporter", "Scrape status of the exporter targets (lowest of all).",
                    [target(f"min(up{{{JOB}}})", "up")], (4, 4),
                    steps=[("red", None), ("green", 1)], mappings=up_down),
-        stat_panel("Accounts failing", "Accounts whose last collection cycle failed.",
+        stat_panel("Accounts failing", "Accounts whose last pass (listing and reads) failed.",
                    [target(f"count(iam_exporter_collection_success{{{ACCT}}} == 0) "
                            "or vector(0)", "accounts")],
                    (4, 4), steps=[("green", None), ("red", 1)]),
@@ -247,15 +247,23 @@ def exporter() -> list[Builder[dm.Panel]]:
                          f"(iam_exporter_collection_duration_seconds{{{ACCT}}})",
                          "{{account_id}}")],
                  (8, 8), unit="s"),
-        ts_panel("Data age", "Time since the last successful collection, per account; "
-                 "IAMExporterDataStale fires above three poll intervals.",
+        ts_panel("Data age", "Per account: time since the last successful pass "
+                 "(IAMExporterDataStale fires above three intervals) and since the least "
+                 "recently read user was read (IAMExporterUsersReadLate fires above two "
+                 "intervals, for 15 minutes: the request budget cannot read every user once "
+                 "per interval).",
                  [target(f"time() - max by (account_id) "
                          f"(iam_exporter_last_success_timestamp_seconds{{{ACCT}}})",
-                         "{{account_id}}", "A"),
+                         "{{account_id}} last pass", "A"),
                   target(f"3 * max(iam_exporter_poll_interval_seconds{{{JOB}}})",
-                         "stale threshold", "B")],
+                         "stale threshold", "B"),
+                  target(f"time() - min by (account_id) "
+                         f"(iam_exporter_oldest_user_read_timestamp_seconds{{{ACCT}}})",
+                         "{{account_id}} oldest user read", "C"),
+                  target(f"2 * max(iam_exporter_poll_interval_seconds{{{JOB}}})",
+                         "read-late threshold", "D")],
                  (8, 8), unit="s"),
-        ts_panel("Collection errors", "Failed collection cycles by account and error class, "
+        ts_panel("Collection errors", "Failed passes by account and error class, "
                  "and failed AWS API calls by operation and code.",
                  [target(f"sum by (account_id, error) "
                          f"(increase(iam_exporter_collection_errors_total{{{ACCT}}}"
@@ -272,7 +280,7 @@ def exporter() -> list[Builder[dm.Panel]]:
                   target(f"sum(rate(iam_exporter_aws_api_retries_total{{{ACCT}}}"
                          "[$__rate_interval])) or vector(0)", "retries", "B")],
                  (12, 8), unit="reqps"),
-        ts_panel("Collection success", "1 where the last cycle for the account succeeded, 0 "
+        ts_panel("Collection success", "1 where the last pass over the account succeeded, 0 "
                  "where it failed.",
                  [target(f"min by (account_id) "
                          f"(iam_exporter_collection_success{{{ACCT}}})", "{{account_id}}")],
@@ -298,11 +306,16 @@ def events_and_budget() -> list[Builder[dm.Panel]]:
     return [
         ts_panel("IAM requests/s vs budget", "IAM requests per second per account (every "
                  "IAM call counted) against the account's request budget "
-                 "(aws.max_requests_per_second, lowered by the exporter while IAM throttles).",
+                 "(aws.max_requests_per_second, lowered by the exporter while IAM throttles) "
+                 "and the rate reading every user once per interval needs: needed above "
+                 "budget, reads fall behind (IAMExporterUsersReadLate).",
                  [target(f"sum by (account_id) (rate(iam_exporter_iam_requests_total"
                          f"{{{ACCT}}}[$__rate_interval]))", "{{account_id}} requests", "A"),
                   target(f"max by (account_id) (iam_exporter_iam_request_budget{{{ACCT}}})",
-                         "{{account_id}} budget", "B")],
+                         "{{account_id}} budget", "B"),
+                  target(f"max by (account_id) "
+                         f"(iam_exporter_iam_request_rate_needed{{{ACCT}}})",
+                         "{{account_id}} needed", "C")],
                  (6, 8), unit="reqps"),
         ts_panel("IAM throttles/s", "IAM requests throttled per second, by account and "
                  "operation (IAM's quota is shared with everything else in the account).",

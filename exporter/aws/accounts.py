@@ -1,10 +1,11 @@
-"""Which accounts a cycle collects: the static list, the exporter's own account, and
+"""Which accounts are watched: the static list, the exporter's own account, and
 the accounts AWS Organizations lists, cut down to this replica's shard.
 
-Targets are kept from cycle to cycle (their sessions and caches with them) and only
-rebuilt for accounts that appear, or whose settings change on a config reload.
-Organizations is asked again every ``organizations.refresh_cycles`` cycles, not every
-cycle; if it fails, the accounts it listed last time are kept.
+Targets are kept from one resolve to the next (their sessions and caches with them) and
+only rebuilt for accounts that appear, or whose settings change on a config reload.
+Accounts are resolved at start and once per interval; Organizations is asked again every
+``organizations.refresh_cycles`` intervals, not every one; if it fails, the accounts it
+listed last time are kept.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ log = logging.getLogger("exporter.accounts")
 
 
 class AccountSet:
-    """Resolves the targets of each cycle."""
+    """Resolves the watched targets (at start, then once per interval)."""
 
     def __init__(self, cfg: Config, stats: ApiStats) -> None:
         self._stats = stats
@@ -40,7 +41,7 @@ class AccountSet:
         self._self: Target | None = None
         self._org: list[tuple[str, str]] | None = None  # (account id, name)
         self._org_cycle = -1
-        # Rediscover at the next resolve() whatever the cycle (set by a config reload).
+        # Rediscover at the next resolve() whatever the count (set by a config reload).
         self._org_stale = False
         self.discovery: Discovery | None = None
         self._dup_self: str | None = None  # own account id also listed, once logged

@@ -1,4 +1,4 @@
-"""Errors of a collection cycle, each reduced to a short, stable class for metrics and logs."""
+"""Errors of the reads, each reduced to a short, stable class for metrics and logs."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
 
 # How long a GetAccessKeyLastUsed answer is reused (with jitter, so that keys fetched
-# in the same cycle are not all fetched again in the same later cycle). The report is
+# in the same pass are not all fetched again in the same later pass). The report is
 # as old as this at worst too.
 CACHE_SECONDS = 4 * 3600.0
 CACHE_JITTER = 0.25
@@ -39,7 +39,7 @@ class _Cached:
 
 
 class LastUsedCache:
-    """GetAccessKeyLastUsed answers by key id, kept across cycles of one account."""
+    """GetAccessKeyLastUsed answers by key id, kept across reads of one account."""
 
     def __init__(self, ttl: float = CACHE_SECONDS) -> None:
         self.ttl = ttl

@@ -62,7 +62,7 @@ def list_users_with_tags(iam: IamLists,
                          wanted: Collection[str] | None = None) -> list[UserRef]:
     """All users with their tags (only the wanted ones, when given), a page at a time
     (ListUsers returns no tags, and one ListUserTags per user would double the cost of a
-    cycle)."""
+    pass)."""
     return [UserRef(u["UserName"], sys.intern(u.get("Path", "/")),
                     {t["Key"]: t["Value"] for t in u.get("Tags", [])
                      if wanted is None or t["Key"] in wanted} or _NO_TAGS)

@@ -3,7 +3,7 @@
 A target is one account: either the account of the default credential chain, or an
 account reached through ``sts:AssumeRole``. Its clients are built once and reused; the
 assumed-role credentials refresh themselves before they expire (botocore's refreshable
-credentials), so no cycle pays for an AssumeRole it does not need.
+credentials), so no read pays for an AssumeRole it does not need.
 """
 
 from __future__ import annotations
@@ -167,6 +167,14 @@ def _unparsable(body: bytes, protocol: str) -> bool:
     return False
 
 
+class UnusableResponseError(ConnectionClosedError):
+    """A 2xx answer that cannot be what the protocol promises: retried like the dropped
+    connection it amounts to, but named for what it is (not a network fault)."""
+
+    fmt = ("Unusable response (empty, cut short or not well-formed) from endpoint URL: "
+           '"{endpoint_url}".')
+
+
 def harden(client: Any) -> None:
     """Every answer that cannot be used is retried, like a dropped connection.
 
@@ -174,8 +182,9 @@ def harden(client: Any) -> None:
     outside its retry loop: a body cut short, an empty 200 or truncated XML with a
     matching Content-Length raise ResponseParserError at once, never retried and never
     seen by ``needs-retry``. Checked right after the send, each is raised as the
-    ConnectionClosedError it amounts to, which every retry mode retries (and the request
-    accounting counts as an attempt)."""
+    ConnectionClosedError it amounts to (UnusableResponseError, so that its error code
+    says what happened), which every retry mode retries (and the request accounting
+    counts as an attempt)."""
     http = client._endpoint.http_session
     send = http.send
     protocol = str(client.meta.service_model.protocol)
@@ -188,7 +197,7 @@ def harden(client: Any) -> None:
         body = response.content
         if ((expected is not None and expected.isdigit() and len(body) < int(expected))
                 or (200 <= response.status_code < 300 and _unparsable(body, protocol))):
-            raise ConnectionClosedError(endpoint_url=request.url)
+            raise UnusableResponseError(endpoint_url=request.url)
         return response
 
     http.send = checked
@@ -324,7 +333,7 @@ class Target:
     def fresh_iam(self) -> None:
         """A new IAM client from the next call on (the session and its credentials stay):
         botocore's retry quota lives in the client, and one drained by a throttling storm
-        must not outlive the cycle it happened in."""
+        must not outlive the interval it happened in."""
         with self._lock:
             self._clients.pop("iam", None)
 

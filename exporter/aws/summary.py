@@ -1,4 +1,4 @@
-"""GetAccountSummary: root access keys present and the number of users, once per cycle."""
+"""GetAccountSummary: root access keys present and the number of users, once per listing."""
 
 from __future__ import annotations
 

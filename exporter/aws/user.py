@@ -89,7 +89,7 @@ def _finish(keys: tuple[AccessKey, ...], known: User | None,
     matched by key id, or by creation time where the inventory has no ids (credential
     report). With the credential-report strategy the keys stay as the report shows them
     (slots, no ids, whole-second creation times), so the series do not change between
-    events and cycles."""
+    events and polls."""
     old = list(known.keys) if known is not None else []
     matched: list[AccessKey | None] = [_take(old, k) for k in keys]
     out = [replace(k, last_used=m.last_used if m is not None else None)

@@ -151,7 +151,7 @@ _ACCOUNT_FAMILIES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
      "Watched users whose last read failed (see iam_user_unread).", True, ()),
     ("iam_account_never_read_users",
      "Watched users listed but not read yet (after a start, or new users while the request "
-     "budget is behind).", False, ()),
+     "budget is behind).", True, ()),
     ("iam_account_users", "IAM users in the account (GetAccountSummary).", True, ()),
     ("iam_root_access_keys_present",
      "1 if the account's root user has an access key (GetAccountSummary).", True, ()),
@@ -161,8 +161,9 @@ _ACCOUNT_FAMILIES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("iam_account_info", "Watched AWS account; always 1. account_name is the configured "
      "alias, empty where none.", True, ("account_name",)),
     ("iam_exporter_collection_success",
-     "1 if the account's last pass (its listing and the reads it made due) succeeded, else "
-     "0 (every user's last good read is still served).", False, ()),
+     "1 if the account's last listing and every read since went without an account-wide "
+     "failure (listing, credentials), else 0 (every user's last good read is still "
+     "served).", False, ()),
     ("iam_exporter_last_success_timestamp_seconds",
      "Unix time the account's last successful pass ended.", False, ()),
     ("iam_exporter_collection_duration_seconds",

@@ -115,7 +115,10 @@ class Consumer:
             self._stop.wait(READY_WAIT)
             return
         messages = self._receive()
-        if messages:
+        if messages and self._stop.is_set():
+            # Stopping (a rollout): another pod takes them at once, untouched.
+            queue.release(self._client(), self._url, messages)
+        elif messages:
             self.handle(messages)
 
     def _client(self) -> Any:

@@ -139,7 +139,7 @@ def parse(body: object) -> Hint | Ignored:
     if user is None:
         who = detail.get("userIdentity")
         if isinstance(who, dict) and who.get("type") == "Root":
-            # The root user's own keys: GetAccountSummary in the full cycle reads them.
+            # The root user's own keys: GetAccountSummary at the next listing reads them.
             return Ignored("root")
         raise InvalidEvent(f"{name} names no user")
     if not USER_NAME_RE.match(user):

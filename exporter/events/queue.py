@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -91,17 +91,29 @@ def delete(sqs: Any, queue_url: str, messages: Sequence[Message]) -> list[int]:
 BACK_OFF = 5
 
 
+def release(sqs: Any, queue_url: str, messages: Sequence[Message]) -> None:
+    """Makes the messages visible again at once (this consumer is stopping)."""
+    _set_visibility(sqs, queue_url, messages, lambda _: 0)
+
+
 def back_off(sqs: Any, queue_url: str, messages: Sequence[Message], visibility: int) -> None:
-    """Makes the messages visible again after a back-off that grows with their receives.
-    Best effort: where it fails, they come back after the visibility timeout."""
+    """Makes the messages visible again after a back-off that grows with their receives."""
+
+    def wait(m: Message) -> int:
+        raw = (m.get("Attributes") or {}).get("ApproximateReceiveCount", "1")
+        receives = int(raw) if str(raw).isdigit() else 1
+        return int(min(BACK_OFF * 2 ** max(receives - 1, 0), visibility))
+
+    _set_visibility(sqs, queue_url, messages, wait)
+
+
+def _set_visibility(sqs: Any, queue_url: str, messages: Sequence[Message],
+                    seconds: Callable[[Message], int]) -> None:
+    """Best effort: where it fails, the messages come back after the visibility timeout."""
     for i in range(0, len(messages), BATCH):
-        entries = []
-        for n, m in enumerate(messages[i:i + BATCH]):
-            raw = (m.get("Attributes") or {}).get("ApproximateReceiveCount", "1")
-            receives = int(raw) if str(raw).isdigit() else 1
-            wait = min(BACK_OFF * 2 ** max(receives - 1, 0), visibility)
-            entries.append({"Id": str(n), "ReceiptHandle": m["ReceiptHandle"],
-                            "VisibilityTimeout": wait})
+        entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"],
+                    "VisibilityTimeout": seconds(m)}
+                   for n, m in enumerate(messages[i:i + BATCH])]
         try:
             sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
         except Exception as e:
