@@ -31,6 +31,14 @@ PUBLISH_SECONDS = 2.0
 URGENT_SECONDS = 0.05
 
 
+def _reads_changed(old: Config, new: Config) -> bool:
+    """Whether a new config reads users differently, or more often."""
+    return (new.interval_seconds < old.interval_seconds
+            or new.collection != old.collection
+            or (new.metrics.user_tags, new.metrics.exempt_tag)
+            != (old.metrics.user_tags, old.metrics.exempt_tag))
+
+
 class Poller:
     def __init__(self, cfg: Config, targets: Sequence[Target] | AccountSet,
                  publish: Callable[[Snapshot], None] | None = None) -> None:
@@ -71,7 +79,12 @@ class Poller:
                     loop = self._loops[t.key] = AccountLoop(t, self.cfg, self._changed)
                     loop.start()
                 else:
+                    old_cfg, old_strategy = loop.cfg, loop.strategy
                     loop.target, loop.cfg = t, self.cfg
+                    if loop.strategy != old_strategy or _reads_changed(old_cfg, self.cfg):
+                        # What is read, or how often, changed (a reload): a pass at once,
+                        # not when the old interval would have had one.
+                        loop.queue.resync()
             self.targets = targets
         self._changed(False)
 
@@ -165,14 +178,14 @@ class Poller:
             self._wake.clear()
 
     def _publisher(self) -> None:
-        last = 0.0
+        last, pause = 0.0, PUBLISH_SECONDS
         while not self._stop.is_set():
             if not self._dirty.wait(1.0):
                 continue  # nothing changed: nothing to render
             # Polls are published at most every PUBLISH_SECONDS, an event at once (with
             # whatever arrives in the next moment).
             while (not self._urgent and not self._stop.is_set()
-                   and time.monotonic() - last < PUBLISH_SECONDS):
+                   and time.monotonic() - last < pause):
                 time.sleep(URGENT_SECONDS)
             if self._stop.is_set():
                 return
@@ -184,6 +197,10 @@ class Poller:
                 self.publish()
             except Exception:
                 log.exception("publishing the data failed; retrying")
+            # Rendering a large estate while every account changes (a start) takes a
+            # while: polls then publish less often, so rendering never takes more than
+            # a fifth of the time.
+            pause = max(PUBLISH_SECONDS, 4 * (time.monotonic() - last))
 
     def start(self) -> None:
         if self._threads:

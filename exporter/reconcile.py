@@ -239,7 +239,8 @@ class AccountLoop:
 
     def _read(self, name: str) -> None:
         if self.strategy != "list":
-            return  # the credential report reads every user at once (after a reload)
+            self._progress(name)  # the credential report reads every user at once
+            return
         try:
             got = collect.read_keys(self.target, self.cfg, name, self._report)
         except Exception as e:
@@ -269,8 +270,9 @@ class AccountLoop:
         known = self.store.known(item.name)
         at = time.time()
         try:
-            got, fresh = read_user(self.target.iam(), self.cfg, self.strategy, item.name,
-                                   known, item.events)
+            with self.target.budget.urgent():
+                got, fresh = read_user(self.target.iam(), self.cfg, self.strategy,
+                                       item.name, known, item.events)
         except Exception as e:
             code = error_code(e)
             if account_level(e):

@@ -297,3 +297,37 @@ def test_request_and_throttle_counters_count_what_iam_saw(iam: Any, proxy: AwsPr
     assert samples(fams, "iam_exporter_iam_request_budget") == {
         (("account_id", MOTO_ACCOUNT),): 50.0}
     assert samples(fams, "iam_exporter_iam_throttles_total") == {}
+
+
+def test_budget_serves_in_order_and_urgent_calls_first() -> None:
+    """Waiting calls go first come, first served, except that an urgent one (an event's
+    re-read) overtakes every waiting poll: it never waits behind a pass."""
+    b = Budget(20)
+    b.acquire()  # the next slot is 50 ms away: everything below waits
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def call(name: str, urgent: bool = False) -> None:
+        if urgent:
+            with b.urgent():
+                b.acquire()
+        else:
+            b.acquire()
+        with lock:
+            order.append(name)
+
+    polls = []
+    for i in range(6):
+        t = threading.Thread(target=call, args=(f"poll{i}",))
+        t.start()
+        polls.append(t)
+        time.sleep(0.005)  # arrive in this order
+    event = threading.Thread(target=call, args=("event", True))
+    event.start()
+    for t in [*polls, event]:
+        t.join()
+    # The event went at the first slot it could get, at most one poll before it (one
+    # whose slot had come while the event was being started).
+    assert order.index("event") <= 1
+    polls_order = [n for n in order if n != "event"]
+    assert polls_order == [f"poll{i}" for i in range(6)]

@@ -43,13 +43,12 @@ BOB = 'iam_user_access_keys{user_name="bob",status="Active"}'
 
 def fast_rules(rules: str, grace_seconds: int, bridge_seconds: int = 30) -> str:
     """The shipped rules made fast: every `for:` and keep_firing_for cut to 0 s, the
-    recording rules' 20-minute gap bridge (`[20m]`: the inputs, and the overlap start that
-    reads its own last value) cut to ``bridge_seconds``, and the 4-hour grace period of
-    IAMUserMultipleActiveAccessKeys (`4 * 3600`, counted from the recorded start of the
-    overlap) cut to ``grace_seconds``: the alert fires a few seconds after a second key is
-    scraped, and a gap in the exporter's series shorter than ``bridge_seconds`` changes
-    nothing. (Recording rules have no `for:`; Prometheus evaluates them at its evaluation
-    interval, 1 s in these tests.)"""
+    recording rules' 20-minute gap bridge (`[20m]`) cut to ``bridge_seconds``, and the
+    4-hour grace period of IAMUserMultipleActiveAccessKeys (`4 * 3600`, counted from the
+    recorded start of the overlap) cut to ``grace_seconds``: the alert fires a few seconds
+    after a second key is scraped, and a gap in the exporter's series shorter than
+    ``bridge_seconds`` changes nothing. (Recording rules have no `for:`; Prometheus
+    evaluates them at its evaluation interval, 1 s in these tests.)"""
     alerts = sum(1 for g in yaml.safe_load(rules)["groups"] for r in g["rules"] if "alert" in r)
     out, n = re.subn(r"(?m)^(\s+for:\s*)\S+\s*$", r"\g<1>0s", rules)
     assert n == alerts, (n, alerts)

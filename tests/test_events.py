@@ -21,6 +21,7 @@ import pytest
 
 from exporter.aws.accounts import AccountSet
 from exporter.aws.session import ApiStats
+from exporter.events.consumer import Consumer
 from exporter.events.stats import RESULTS
 from exporter.poller import Poller
 from tests.awsproxy import AwsProxy
@@ -38,6 +39,7 @@ from tests.events_helpers import (
     the,
     wait_until,
 )
+from tests.events_helpers import config as events_config
 from tests.helpers import MOTO_ACCOUNT, add_user, aws, creds_in, make_config
 
 A = MOTO_ACCOUNT
@@ -173,6 +175,34 @@ def test_unwatched_account_costs_no_iam_call_and_is_deleted(
     assert queues.depth(queues.dlq_url) == 0
 
 
+def test_an_event_while_the_watched_account_id_is_unknown_is_never_dead_lettered(
+        iam: Any, proxy: AwsProxy, queues: Queues) -> None:
+    """STS fails, so the id of the default credentials' account is not known: an event
+    might be for it. It comes back a few times, then is deleted (not dead-lettered); the
+    account's first listing, once STS answers, reads the user as IAM has it."""
+    add_user(iam, "alice", ("Active", "Active"))
+    proxy.modes["GetCallerIdentity"] = "deny"
+    cfg = events_config(proxy.url, queues, interval_seconds=1)
+    poller = Poller(cfg, AccountSet(cfg, ApiStats()))
+    consumer = Consumer(cfg, poller, dead_letter_every=0.5)
+    try:
+        poller.start()
+        consumer.start()
+        wait_until(lambda: proxy.faults["GetCallerIdentity"] > 0)
+        queues.send(body("CreateAccessKey", "alice"))
+        wait_until(lambda: consumer.stats.count("handed_over") == 1, timeout=15)
+        assert consumer.stats.count("failed") >= 1
+        assert served(poller, "alice") is None
+        wait_until(lambda: not queues.depth())
+        proxy.modes.clear()
+        wait_until(lambda: keys(poller, "alice") == {"Active": 2}, timeout=15)
+        assert queues.depth(queues.dlq_url) == 0
+        assert results(consumer) == only(failed=results(consumer)["failed"], handed_over=1)
+    finally:
+        consumer.stop(timeout=0)
+        poller.stop()
+
+
 def test_events_that_need_nothing_cost_nothing(iam: Any, queues: Queues,
                                                run: Runner) -> None:
     add_user(iam, "alice", ("Active",))
@@ -210,7 +240,8 @@ def test_a_burst_of_100_events_for_one_user_is_one_reread(
     before = run.iam_calls()
     consumer.start()
     wait_until(settled(consumer, queues, applied=100), timeout=20)
-    assert keys(poller, "alice") == {"Active": 1, "Inactive": 1}
+    # Published a moment after the read (the publisher joins what arrives with it).
+    wait_until(lambda: keys(poller, "alice") == {"Active": 1, "Inactive": 1})
     assert results(consumer) == only(applied=100)
     calls = run.iam_calls() - before
     assert sum(calls.values()) <= 3, calls
@@ -227,7 +258,7 @@ def test_duplicates_across_batches_come_out_exact(iam: Any, queues: Queues,
         queues.send(event)
         time.sleep(0.3)
     wait_until(settled(consumer, queues, applied=3))
-    assert keys(poller, "alice") == {"Active": 2}
+    wait_until(lambda: keys(poller, "alice") == {"Active": 2})
 
 
 # --- failures: unreadable messages, a throttled re-read, SQS down ---------------------
@@ -267,7 +298,7 @@ def test_a_throttled_reread_is_retried_and_nothing_is_lost(iam: Any, proxy: AwsP
     # The user stays first in its account's queue (tried again after 1 s) and the
     # message comes back after its back-off: applied, deleted, never dead-lettered.
     wait_until(settled(consumer, queues, applied=1))
-    assert keys(poller, "alice") == {"Active": 2}
+    wait_until(lambda: keys(poller, "alice") == {"Active": 2})
     assert queues.depth(queues.dlq_url) == 0
     assert results(consumer) == only(failed=1, applied=1)
     assert proxy.faults["ListAccessKeys"] == 1

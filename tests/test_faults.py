@@ -252,10 +252,15 @@ def test_expired_or_revoked_credentials_fail_the_account_logged_once_per_failure
         # The account's failure, not each user's: no user is marked unread.
         assert errors(s, "iam_user_unread") == {}
         proxy.mode = None
-        s = d.wait_for(lambda s: success(s) == 1)
-        # Each failure counted is logged once, with its code (not once per user).
-        lines = [ln for ln in d.logs().splitlines() if code in ln]
-        assert len(lines) == failures(s, code), lines
+
+        def lines(code: str = code) -> list[str]:
+            """The error lines about this failure."""
+            return [ln for ln in d.logs().splitlines()
+                    if " error exporter." in ln and f"error={code}" in ln]
+
+        # Each failure counted is logged once, with its code (not once per user): once
+        # reads in flight have ended and their failures are published, the two agree.
+        s = d.wait_for(lambda s: success(s) == 1 and failures(s, code) == len(lines()))
 
 
 def test_access_denied_on_account_summary_is_a_visible_gap(
@@ -277,6 +282,10 @@ def test_access_denied_on_account_summary_is_a_visible_gap(
     assert sample(s, "iam_exporter_collection_warnings", account_id=A,
                   operation="GetAccountSummary", code="AccessDenied") == 1
     assert errors(s, "iam_exporter_collection_errors_total") == {}
+    # Said in each pass's own log line, not once per user (at most once per listing).
+    lines = [ln for ln in d.logs().splitlines() if "GetAccountSummary" in ln]
+    assert lines and all("pass done" in ln for ln in lines), lines
+    d.wait_for(lambda s: denied(s) >= len(lines))
     # Allowed again: the gap closes.
     proxy.modes.clear()
     s = d.wait_for(lambda s: sample(s, "iam_account_users", account_id=A) == 3)

@@ -124,6 +124,39 @@ def test_a_bad_config_is_rejected_and_the_old_one_kept(
 
 
 @pytest.mark.e2e
+def test_a_new_request_budget_is_served_under_the_real_account_id(
+        iam: Any, proxy: AwsProxy, start: Callable[..., Daemon]) -> None:
+    """A new aws.max_requests_per_second builds the own account's target anew: its budget
+    is registered under the account id known by then, never under "unknown"."""
+    add_user(iam, "alice", ("Active",))
+    cfg = base_config(proxy, interval_seconds=1, aws={
+        "endpoint_url": proxy.url, "max_attempts": 1, "read_timeout_seconds": 3,
+        "max_requests_per_second": 1000})
+    d = start(cfg)
+    d.wait_ready()
+
+    def budget(s: dict[Any, float], account_id: str = A) -> float | None:
+        return sample(s, "iam_exporter_iam_request_budget", account_id=account_id)
+
+    def unknown(s: dict[Any, float]) -> list[Any]:
+        return [k for k in s if ("account_id", "unknown") in k[1]]
+
+    s = d.wait_for(lambda s: budget(s) == 1000)
+    assert unknown(s) == []
+    rewrite(d, {**cfg, "aws": {**cfg["aws"], "max_requests_per_second": 50}})
+    d.reload()
+    s = d.wait_for(lambda s: budget(s) == 50)
+    # Passes go on with the new target (and its budget).
+    s = passes_end(d, last_success(s), passes=2)
+    assert budget(s) == 50
+    assert unknown(s) == [], unknown(s)
+    assert [k for k in s if k[0] == "iam_exporter_iam_request_budget"] == [
+        ("iam_exporter_iam_request_budget", (("account_id", A),))]
+    assert sample(s, "iam_user_access_keys", account_id=A, user_name="alice",
+                  status="Active") == 1
+
+
+@pytest.mark.e2e
 def test_restart_only_settings_are_named_and_basic_auth_users_reload(
         iam: Any, proxy: AwsProxy, start: Callable[..., Daemon], tmp_path: Path) -> None:
     web_file = tmp_path / "web.yml"

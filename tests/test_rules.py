@@ -156,14 +156,14 @@ MUTATIONS: list[tuple[str, str, str, str] | tuple[str, str, str, str, int]] = [
     ("grace period in for: again", "for: 2m\n", "for: 4h\n", "multiple_keys.yaml"),
     # The carried start of an overlap.
     ("overlap start not carried (a reactivated key counts from its creation)",
-     block((14, f"clamp_max(last_over_time({OVERLAP}[20m]), time())"),
+     block((14, f"clamp_max({OVERLAP}, time())"),
            (12, "or on (account_id, user_name)")), "", "multiple_keys_gaps.yaml"),
     ("no +Inf while one key (a reactivated key counts from its creation)",
      block((12, "or on (account_id, user_name)"), (10, f"{COUNT} * 0 + Inf")), "",
      "multiple_keys_gaps.yaml"),
     ("overlap start restarts from a replaced key's creation",
-     f"clamp_max(last_over_time({OVERLAP}[20m]), time())",
-     f"(last_over_time({OVERLAP}[20m]) < time() - 1e9)", "multiple_keys_gaps.yaml"),
+     f"clamp_max({OVERLAP}, time())", f"({OVERLAP} < time() - 1e9)",
+     "multiple_keys_gaps.yaml"),
     ("creation times ignored at first sight (old keys wait for the grace period)",
      block((12, "or on (account_id, user_name)"),
            (14, f"clamp_max(max by (account_id, user_name) ({CREATED}), time() - 1)")), "",
@@ -174,7 +174,7 @@ MUTATIONS: list[tuple[str, str, str, str] | tuple[str, str, str, str, int]] = [
     ("first sight dated at the evaluation, not before it", "time() - 1", "time()",
      "multiple_keys.yaml", 3),
     ("per-account overlap start not carried",
-     block((14, f"clamp_max(last_over_time({ACCOUNT_OVERLAP}[20m]), time())"),
+     block((14, f"clamp_max({ACCOUNT_OVERLAP}, time())"),
            (12, "or on (account_id)")), "", "multiple_keys_gaps.yaml"),
     # The bridged per-user count.
     ("headline count not bridged (a gap resolves the alert)",
@@ -276,8 +276,8 @@ RULE_MUTATIONS: list[tuple[str, str, str, str, str]] = [
 # bridges gaps from the data and resolves as soon as the data says so.
 KEEP_FIRING_FOR = {"IAMExporterCollectionFailing": "15m", "IAMExporterDown": "15m",
                    "IAMExporterAbsent": "15m", "IAMExporterEventsQueueFailing": "15m"}
-# Every recording rule that reads the last 20 minutes (the gap bridge, or the overlap start
-# reading its own last value), and the unit tests that fail without it.
+# Every recording rule that reads the last 20 minutes (the gap bridge), and the unit tests
+# that fail without it.
 BRIDGED = {
     "account_user_key:iam_access_key_created_timestamp_seconds_active:max_bridged":
         "key_age.yaml",
@@ -298,8 +298,6 @@ BRIDGED = {
     "job_shard:iam_exporter_events_dead_letter_messages:max_bridged": "events.yaml",
     USER_INFO: "multiple_keys_bridge.yaml",
     ACCOUNT_INFO: "multiple_keys_bridge.yaml",
-    OVERLAP: "multiple_keys_gaps.yaml",
-    ACCOUNT_OVERLAP: "multiple_keys_gaps.yaml",
 }
 
 
@@ -461,7 +459,8 @@ def test_recording_rules_are_named_level_metric_operations_and_documented() -> N
 def test_each_rule_reads_what_is_recorded_before_it_in_its_group() -> None:
     """Rules of a group run in order at the same evaluation time: a rule reading a series
     recorded later in the group would see the previous evaluation's value. Only the carried
-    overlap starts read themselves (their last value), and every recorded series is read."""
+    overlap starts read themselves - their value of the previous evaluation, with an instant
+    selector (no range: one sample per user) - and every recorded series is read."""
     read: set[str] = set()
     for group in yaml.safe_load(RULES.read_text())["groups"]:
         recorded: set[str] = set()
@@ -471,6 +470,8 @@ def test_each_rule_reads_what_is_recorded_before_it_in_its_group() -> None:
             me = rule.get("record")
             assert used <= recorded | ({me} if me and me.endswith(":overlap_start") else set()), (
                 me or rule["alert"], used - recorded)
+            if me in used:
+                assert f"{me}[" not in rule["expr"], me
             read |= used
             if me:
                 recorded.add(me)

@@ -348,7 +348,8 @@ def test_a_new_exposition_is_served_from_the_next_scrape(fixed_tail: bytes) -> N
     client = make_client(store, None)
     assert client.get("/metrics").get_data() == b"".join(metrics.render_accounts(data)) \
         + fixed_tail
-    newer = RenderInput(Snapshot(accounts=snapshot().accounts[:1], completed_at=T0), ApiCounts({}, {}, {}), 60.0)
+    newer = RenderInput(Snapshot(accounts=snapshot().accounts[:1], completed_at=T0),
+                        ApiCounts({}, {}, {}), 60.0)
     store.set(Exposition.of(newer))
     resp = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
     assert gzip.decompress(resp.get_data()) == b"".join(metrics.render_accounts(newer)) \

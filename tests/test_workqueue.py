@@ -45,7 +45,7 @@ def no_listing(q: ReadQueue, clock: Clock) -> None:
 
 
 def test_events_before_the_listing_before_due_users() -> None:
-    q, clock = queue()
+    q, _ = queue()
     q.schedule("due-user", 0.0)
     q.event("named", {"CreateAccessKey"})
     assert drain(q) == [("event", "named"), ("list", ""), ("read", "due-user")]
@@ -184,7 +184,7 @@ def test_a_retried_event_stays_ahead_of_events_named_since() -> None:
 
 
 def test_resync_makes_everything_due_oldest_read_first() -> None:
-    q, clock = queue(now=1000.0)
+    q, _ = queue(now=1000.0)
     assert drain(q) == [("list", "")]
     q.list_at(1300.0)
     q.schedule("read-at-1000", 1300.0)

@@ -128,7 +128,9 @@ def _org_rows(b: Bench, r: dict[str, Any]) -> None:
 
 
 def wait_collected(d: harness.Daemon, accounts: int, timeout: float) -> float:
-    """Seconds until every account has been collected once (collection_success 1)."""
+    """Seconds until every account has been collected once: collection_success 1 and a
+    last success time, which the continuous core sets when an account's pass ends (its
+    collection_success is 1 as soon as a listing works, before its users are read)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if d.proc.poll() is not None:
@@ -137,7 +139,8 @@ def wait_collected(d: harness.Daemon, accounts: int, timeout: float) -> float:
             status, body, _ = d.get("/metrics")
         except OSError:
             status, body = 0, b""
-        if status == 200 and len(_SUCCESS.findall(body)) >= accounts and _first_done(body):
+        if (status == 200 and len(_SUCCESS.findall(body)) >= accounts
+                and len(_LAST_SUCCESS.findall(body)) >= accounts and _first_done(body)):
             return time.monotonic() - started
         time.sleep(2.0)
     raise RuntimeError(f"not every account collected after {timeout:g}s:\n{d.logs()}")

@@ -10,9 +10,12 @@ the rate then climbs back linearly to the cap over ``RECOVER_SECONDS``.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # Halve on throttling, never below this share of the cap.
 DECREASE = 0.5
@@ -33,6 +36,10 @@ class Budget:
         self.cap = rate
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)
+        self._waiting: list[tuple[int, int]] = []  # (0 urgent / 1, arrival): a heap
+        self._arrivals = itertools.count()
+        self._local = threading.local()
         self._next = 0.0  # when the next request may go
         self._low = rate  # the rate right after the last decrease
         self._cut_at = -1e18  # when the last decrease happened
@@ -46,20 +53,43 @@ class Budget:
         with self._lock:
             return self._rate(self._clock())
 
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        """The calls this thread makes meanwhile go before every waiting non-urgent one
+        (an event's re-read does not queue behind a pass)."""
+        self._local.urgent = True
+        try:
+            yield
+        finally:
+            self._local.urgent = False
+
     def acquire(self) -> None:
-        """Blocks until the next request may go out.
+        """Blocks until the next request may go out: first come, first served, urgent
+        calls first.
 
         A request's turn is taken when it goes, not booked ahead: a thread that wakes
         late from its sleep must not send together with the one booked after it (that
         would put more than ``w * rate + 1`` requests in a window)."""
-        while True:
-            with self._lock:
+        me = (0 if getattr(self._local, "urgent", False) else 1, next(self._arrivals))
+        with self._turn:
+            heapq.heappush(self._waiting, me)
+            self._turn.notify_all()  # an urgent arrival may be first now
+            while True:
+                if self._waiting[0] != me:
+                    self._turn.wait()
+                    continue
                 now = self._clock()
                 if now >= self._next:
+                    heapq.heappop(self._waiting)
                     self._next = now + 1.0 / self._rate(now)
+                    self._turn.notify_all()
                     return
                 wait = self._next - now
-            self._sleep(wait)
+                self._turn.release()
+                try:
+                    self._sleep(wait)
+                finally:
+                    self._turn.acquire()
 
     def throttled(self) -> None:
         with self._lock:

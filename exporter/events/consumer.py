@@ -220,7 +220,11 @@ class Consumer:
                 continue
             target = self._poller.target_for(got.account_id)
             if target is None:
-                results[i] = "failed" if unsure else "ignored"
+                # Unsure: it comes back a few times (the id may be known by then), then
+                # is deleted, never dead-lettered: an account whose id is not known has
+                # not been listed yet, and its first listing reads every user anyway.
+                results[i] = (("handed_over" if _receives(msg) >= self._tries else "failed")
+                              if unsure else "ignored")
                 continue
             # IAM user names are unique whatever their case.
             key = (target.key, got.user_name.lower())
