@@ -48,6 +48,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -78,9 +79,9 @@ BLOCK = 7200  # promtool's and Prometheus' block range (s): one backfill file pe
 START, FOREVER = -(2**62), 2**62
 DAY = 86400
 INTERVAL = 300  # the exporter's interval_seconds in the data
-# Live evaluations are taken while the newest sample is at most this old at the
-# evaluation time (Prometheus' 5 min lookback: after that, instant selectors see a gap).
-FRESH = 240.0
+# A live evaluation counts when the newest sample is at most this old at its start
+# (Prometheus' 5 min lookback: after that, instant selectors see a gap).
+FRESH = 285.0
 NAME = re.compile(r"(?<![\w:])(iam_[a-z0-9_]*[a-z0-9]|up)(?![\w:])")
 
 
@@ -676,9 +677,20 @@ class Prometheus:
         except OSError:
             return 0
 
-    def stop(self) -> None:
-        stop_process(self.proc, grace=60)
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            stop_process(self.proc, signal.SIGKILL)
+        else:
+            stop_process(self.proc, grace=60)
         self._log.close()
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration of one unit (15s, 1m, 500ms) in seconds."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration.strip())
+    if not m:
+        raise ValueError(f"not a duration: {duration!r}")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 def parse_time(text: str) -> float:
@@ -714,19 +726,31 @@ def watch_live(prom: Prometheus, rules: RulesFile, last_sample: int, opts: Optio
     prometheus_rule_group_last_*; then each rule's time in the last one."""
     groups = [g for g, rules_ in rules.groups if rules_]
     evals: dict[str, list[dict[str, float]]] = {g: [] for g in groups}
+    seen: dict[str, float] = {}
+    interval = seconds(opts.eval_interval)
     deadline = time.monotonic() + opts.live_seconds
+
+    def waiting(g: str) -> bool:
+        """Whether g may still start (or is running) an evaluation on fresh data."""
+        if len(evals[g]) >= opts.live_evals:
+            return False
+        if g not in seen:
+            return True
+        ts, dur = seen[g], evals[g][-1]["seconds"] if evals[g] else 0.0
+        return max(ts + interval, ts + dur) - last_sample <= FRESH
+
     while time.monotonic() < deadline:
         if prom.proc.poll() is not None:
             raise RuntimeError(f"prometheus exited:\n{prom.logs()}")
         for g, (ts, dur) in prom.group_metrics().items():
-            if g in evals and ts > 0 and (not evals[g] or evals[g][-1]["timestamp"] != ts):
-                evals[g].append({"timestamp": ts, "seconds": dur,
-                                 "data_age": ts - last_sample})
-                log(f"    {g}: evaluation {len(evals[g])} took {dur:.3f} s "
-                    f"(newest sample {ts - last_sample:.0f} s old)")
-        fresh_over = time.time() - last_sample > FRESH
-        if all(len(evals[g]) >= opts.live_evals or (fresh_over and evals[g])
-               for g in groups):
+            if g in evals and ts > 0 and seen.get(g) != ts:
+                seen[g] = ts
+                if ts - last_sample <= FRESH and len(evals[g]) < opts.live_evals:
+                    evals[g].append({"timestamp": ts, "seconds": dur,
+                                     "data_age": ts - last_sample})
+                    log(f"    {g}: evaluation {len(evals[g])} took {dur:.3f} s "
+                        f"(newest sample {ts - last_sample:.0f} s old)")
+        if not any(waiting(g) for g in groups):
             break
         time.sleep(0.25)
     # Each rule's time in its group's last evaluation (alert templates included).
@@ -735,10 +759,10 @@ def watch_live(prom: Prometheus, rules: RulesFile, last_sample: int, opts: Optio
     group_start: dict[str, float] = {}
     for grp in body["data"]["groups"]:
         group_start[grp["name"]] = parse_time(grp.get("lastEvaluation", ""))
-        seen: dict[str, int] = {}
+        count: dict[str, int] = {}
         for r in grp["rules"]:
-            seen[r["name"]] = seen.get(r["name"], 0) + 1
-            key = r["name"] if seen[r["name"]] == 1 else f"{r['name']}#{seen[r['name']]}"
+            count[r["name"]] = count.get(r["name"], 0) + 1
+            key = r["name"] if count[r["name"]] == 1 else f"{r['name']}#{count[r['name']]}"
             per_rule[(grp["name"], key)] = {
                 "seconds": float(r.get("evaluationTime", 0.0)),
                 "health": r.get("health"), "error": r.get("lastError") or None,
@@ -773,10 +797,21 @@ def measure_file(back: Backfill, rules: RulesFile, opts: Options, label: str,
             f"{time.time() - back.last:.0f} s old); live evaluations of {label}")
         live = watch_live(prom, rules, back.last, opts, log)
         totals = summarize_groups(live)
-        prom.reload(None)  # no rules: nothing is evaluated beside the queries below
+        peak_rss = prom.rss()
+        # Then the same data without rules, so that nothing is evaluated beside the
+        # queries: a reload would wait for a running evaluation (minutes for a slow
+        # file); SIGKILL loses nothing committed (rule results are in the WAL), and the
+        # next Prometheus replays it.
+        prom.stop(kill=True)
+        prom = Prometheus(back.work, back.data, None, opts.eval_interval)
+        prom.wait_ready()
         rows: list[dict[str, Any]] = []
         for group, group_rules in rules.groups:
-            at = live["group_start"].get(group) or float(back.last)
+            counted = live["groups"].get(group, {}).get("evaluations", [])
+            # At the start of the group's last evaluation on fresh data: its recording
+            # rules' results are there, as for Prometheus evaluating the group in order.
+            at = (counted[-1]["timestamp"] if counted else
+                  live["group_start"].get(group) or float(back.last))
             for r in group_rules:
                 runs = [prom.query(r.expr, at) for _ in range(max(1, opts.repeats))]
                 q = sorted(runs, key=lambda x: x.get("eval_seconds", math.inf))[len(runs) // 2]
@@ -794,7 +829,8 @@ def measure_file(back: Backfill, rules: RulesFile, opts: Options, label: str,
                 "live_steady": totals["steady"], "query_total": total,
                 "query_wall_total": sum(r["query"]["wall_seconds"] for r in rows),
                 "errors": [r["name"] for r in rows if "error" in r["query"]],
-                "series_in_tsdb": series, "prometheus_peak_rss": prom.rss(),
+                "series_in_tsdb": series,
+                "prometheus_peak_rss": max(peak_rss, prom.rss()),
                 "eval_interval": opts.eval_interval}
     finally:
         prom.stop()
@@ -910,7 +946,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scrape-interval", type=int, default=60, help="seconds (default 60)")
     ap.add_argument("--eval-interval", default="15s", help="Prometheus evaluation_interval")
     ap.add_argument("--live-evals", type=int, default=4,
-                    help="evaluations per group to watch (fewer if the data gets old)")
+                    help="evaluations per group to watch (fewer where they would start "
+                         f"more than {FRESH:.0f} s after the newest sample)")
     ap.add_argument("--live-seconds", type=float, default=600.0,
                     help="at most this long per rules file and size")
     ap.add_argument("--repeats", type=int, default=1, help="queries per rule (median)")

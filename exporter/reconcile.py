@@ -155,6 +155,11 @@ class AccountLoop:
                          "detail": str(e)[:300], "retry_in_s": pause})
         self._changed(False)
 
+    def _failures_cleared(self) -> bool:
+        """Ends a run of account-wide failures; whether there was one."""
+        had, self._failures = self._failures > 0, 0
+        return had
+
     def _list(self) -> None:
         started = time.time()
         interval = self.cfg.interval_seconds
@@ -171,10 +176,10 @@ class AccountLoop:
             self._account_failed(e, "listing the account's users")
             self.queue.list_at(time.time() + min(RETRY_SECONDS, interval))
             return
-        self._failures = 0
-        # Listing works again: the account's reads are working (users IAM will not show
-        # are reported one by one).
-        self.success, self.error = True, None
+        if self._failures_cleared():
+            # Listing works again after an account-wide failure: so do the account's
+            # credentials (whether every user fails is told at the pass's end).
+            self.success, self.error = True, None
         self.store.strategy = self.strategy
         self._report = listing.report
         listed_at = started  # when IAM showed these users
@@ -219,9 +224,15 @@ class AccountLoop:
             now = time.time()
             self.duration = now - self._pass_start
             self._pass_start, self.pass_ended_at = None, now
-            failed = self._pass_failed
+            # Every user failing is the account failing (a missing permission), not
+            # one odd user.
+            failed = self._pass_failed or self.store.all_failed()
             if failed is None:
                 self.success, self.error, self.last_success = True, None, now
+            else:
+                self.success, self.error = False, failed
+                if self._pass_failed is None:
+                    self.errors[failed] += 1
         # One line per account and interval (as the collection cycles logged).
         inv = self.store.inventory()
         totals = inv.key_totals()

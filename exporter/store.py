@@ -68,6 +68,10 @@ class AccountExtras:
     gaps: dict[str, Gap] = field(default_factory=dict)  # by operation
 
 
+# The gap the users' reads report (the others come from the listing).
+READ_GAP = "GetAccessKeyLastUsed"
+
+
 def _key(name: str) -> str:
     return name.lower()  # IAM user names are unique whatever their case
 
@@ -169,9 +173,24 @@ class AccountStore:
                 self._bump()
 
     def set_extras(self, extras: AccountExtras) -> None:
+        """A listing's account-wide reads. A gap of the users' own reads (a last-used date
+        that could not be read) stays while a user still lacks that date."""
         with self._lock:
+            for op, gap in self.extras.gaps.items():
+                if op not in extras.gaps and op == READ_GAP and any(
+                        m.seen is not None and not m.seen.dates_complete
+                        for m in self._members.values()):
+                    extras.gaps[op] = gap
             self.extras = extras
             self._bump()
+
+    def all_failed(self) -> str | None:
+        """The error of the first user when every user's last read failed, else None."""
+        with self._lock:
+            members = list(self._members.values())
+        if members and all(m.failed for m in members):
+            return members[0].failed
+        return None
 
     # -- reads ---------------------------------------------------------------------------
 

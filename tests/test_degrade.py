@@ -191,14 +191,17 @@ def test_a_user_denied_from_the_first_pass_is_left_out_and_logged(
 
 def test_every_user_denied_is_every_user_marked_not_a_silent_empty_account(
         iam: Any, proxy: AwsProxy, poller_for: PollerFor) -> None:
-    """ListAccessKeys denied for everyone (a role without the permission): the listing
-    works, so the account's pass succeeds, and every user says why it has no keys."""
+    """ListAccessKeys denied for everyone (a role without the permission): the account's
+    pass fails (a missing permission, not one odd user), and every user says why it has no
+    keys."""
     want = seed(5)
     proxy.modes["ListAccessKeys"] = "deny"
     p, stats = poller_for(config(proxy))
     snap = run_once(p)
     st = state(snap)
-    assert st.success and st.inventory is not None and st.inventory.users == ()
+    assert not st.success and st.error == "AccessDenied"
+    assert snap.error_counts == {(A, "AccessDenied"): 1}
+    assert st.inventory is not None and st.inventory.users == ()
     assert sorted(st.inventory.unread) == sorted((n, "/", "AccessDenied") for n in want)
     fams = families(snap, stats)
     assert samples(fams, "iam_account_unread_users") == {(("account_id", A),): 5.0}

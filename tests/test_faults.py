@@ -260,7 +260,7 @@ def test_expired_or_revoked_credentials_fail_the_account_logged_once_per_failure
 
         # Each failure counted is logged once, with its code (not once per user): once
         # reads in flight have ended and their failures are published, the two agree.
-        s = d.wait_for(lambda s: success(s) == 1 and failures(s, code) == len(lines()))
+        d.wait_for(lambda s, code=code: success(s) == 1 and failures(s, code) == len(lines()))
 
 
 def test_access_denied_on_account_summary_is_a_visible_gap(

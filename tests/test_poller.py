@@ -133,8 +133,18 @@ def test_a_user_read_that_fails_keeps_that_users_last_keys(
     assert users["bob"].stale == "Throttling"
     assert st.inventory.unread == (("carol", "/", "Throttling"),)
     assert st.never_read == 1
-    # A user's failure is not the account's: nothing is counted as an account failure.
-    assert snap.error_counts == {}
+    # Every user failing is the account failing (a missing permission); one user
+    # failing is not (below).
+    assert not st.success and snap.error_counts == {(MOTO_ACCOUNT, "Throttling"): 1}
+    proxy.modes = {}
+    proxy.rule = lambda action, params: ("throttle" if action == "ListAccessKeys"
+                                         and params.get("UserName") == ["bob"] else None)
+    snap = p.run_once(WAIT)
+    st = only(snap)
+    assert st.success and st.error is None
+    users = {u.name: u for u in st.inventory.users} if st.inventory else {}
+    assert users["bob"].stale == "Throttling" and not users["alice"].stale
+    assert snap.error_counts == {(MOTO_ACCOUNT, "Throttling"): 1}
 
 
 def test_a_failed_first_listing_has_no_inventory_and_counts_as_settled(
