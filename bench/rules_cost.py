@@ -18,12 +18,18 @@ given, then --rules), on that data:
          every --eval-interval: each group's `prometheus_rule_group_last_duration_seconds`
          for its first evaluations after the start (the first one is the "Prometheus
          restart" case: alert state restored, recording rules without their own history)
-         and the following ones, and each rule's evaluationTime of the last evaluation
-         (/api/v1/rules), alert annotation templates included;
-  query  then the rules unloaded (config reload) and every rule's expression queried once
-         more through /api/v1/query?stats=all at the time of its group's last live
-         evaluation (so recorded series exist there, as when Prometheus evaluates the group
-         in order): server evaluation time, wall time, samples.
+         and the following ones (up to --live-evals, each starting while the newest
+         sample is under FRESH s old), and each rule's evaluationTime in the last
+         evaluation (/api/v1/rules), alert annotation templates included;
+  query  then Prometheus restarted without rules (it replays the rule results from its
+         WAL) and every rule's expression queried through /api/v1/query?stats=all at the
+         start of its group's last live evaluation (so recorded series exist there, as
+         when Prometheus evaluates the group in order): server evaluation time, wall
+         time, samples, series returned.
+
+At 50,000 users the backfill writes about 15 GB of OpenMetrics (up to 3 files of 5.7 GB
+in the temporary directory at once) and takes 3-4 minutes on 2 idle cores; the whole run
+(10,000 and 50,000 users, one rules file) about 8 minutes.
 
 The data (deterministic): per user 1 or 2 keys: 5 % of users with two active keys for
 days, 20 % an active and an inactive one, 0.4 % rotating during the history (a second
