@@ -9,9 +9,14 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from exporter.aws.accounts import AccountSet
+from exporter.aws.session import ApiStats
+from exporter.config import Config
+from exporter.poller import Poller
 from tests.awsproxy import AwsProxy
 from tests.daemon import Daemon
 from tests.helpers import FAKE_ENV, ISOLATED_ENV, free_port, iam_client, reset_moto
+from tests.passes import PollerFor
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +81,23 @@ def client() -> Any:
 def stub(client: Any) -> Iterator[Stubber]:
     with Stubber(client) as stubber:
         yield stubber
+
+
+@pytest.fixture
+def poller_for() -> Iterator[PollerFor]:
+    """Builds pollers on the real AccountSet (keyword arguments passed on); each is
+    stopped after the test (its account loops keep reading between passes)."""
+    started: list[Poller] = []
+
+    def build(cfg: Config, **kw: Any) -> tuple[Poller, ApiStats]:
+        stats = ApiStats()
+        p = Poller(cfg, AccountSet(cfg, stats), **kw)
+        started.append(p)
+        return p, stats
+
+    yield build
+    for p in started:
+        p.stop()
 
 
 @pytest.fixture

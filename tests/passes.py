@@ -3,7 +3,7 @@ through the fault proxy or not), whose snapshot is read after each pass."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,6 +17,10 @@ from exporter.poller import Poller
 from tests.daemon import parse_samples
 
 PASS_TIMEOUT = 60.0
+
+# Builds a Poller on the real AccountSet (keyword arguments passed on: publish=); the
+# conftest fixture `poller_for` stops every one after the test.
+PollerFor = Callable[..., tuple[Poller, ApiStats]]
 
 
 def one_pass(poller: Poller, timeout: float = PASS_TIMEOUT) -> Snapshot:

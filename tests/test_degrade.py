@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +29,7 @@ from exporter.poller import Poller
 from tests.awsproxy import AwsProxy, TokenBucket
 from tests.events_helpers import wait_until
 from tests.helpers import MOTO_ACCOUNT, make_config
+from tests.passes import PollerFor
 from tests.test_budget import families, samples
 
 A = MOTO_ACCOUNT
@@ -66,26 +66,6 @@ def config(proxy: AwsProxy, **kw: Any) -> Config:
     aws = {"endpoint_url": proxy.url, "max_requests_per_second": 1000, **kw.pop("aws", {})}
     collection = {"last_used": "off", **kw.pop("collection", {})}
     return make_config(aws=aws, collection=collection, **kw)
-
-
-PollerFor = Callable[[Config], tuple[Poller, ApiStats]]
-
-
-@pytest.fixture
-def poller_for() -> Iterator[PollerFor]:
-    """Builds pollers on the real AccountSet; each is stopped after the test (its account
-    loops keep reading in the background between passes)."""
-    started: list[Poller] = []
-
-    def build(cfg: Config) -> tuple[Poller, ApiStats]:
-        stats = ApiStats()
-        p = Poller(cfg, AccountSet(cfg, stats))
-        started.append(p)
-        return p, stats
-
-    yield build
-    for p in started:
-        p.stop()
 
 
 def run_once(p: Poller) -> Snapshot:

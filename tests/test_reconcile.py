@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -43,6 +43,7 @@ from tests.events_helpers import (
 )
 from tests.events_helpers import config as events_config
 from tests.helpers import MOTO_ACCOUNT, add_user, make_config
+from tests.passes import PollerFor
 from tests.test_budget import samples
 from tests.test_degrade import add_key, deny_user, seed
 
@@ -53,26 +54,6 @@ def config(proxy: AwsProxy, **kw: Any) -> Config:
     aws = {"endpoint_url": proxy.url, "max_requests_per_second": 1000, **kw.pop("aws", {})}
     collection = {"last_used": "off", **kw.pop("collection", {})}
     return make_config(aws=aws, collection=collection, **kw)
-
-
-PollerFor = Callable[..., tuple[Poller, ApiStats]]
-
-
-@pytest.fixture
-def poller_for() -> Iterator[PollerFor]:
-    """Builds pollers on the real AccountSet (publish= passed on); each is stopped after
-    the test."""
-    started: list[Poller] = []
-
-    def build(cfg: Config, **kw: Any) -> tuple[Poller, ApiStats]:
-        stats = ApiStats()
-        p = Poller(cfg, AccountSet(cfg, stats), **kw)
-        started.append(p)
-        return p, stats
-
-    yield build
-    for p in started:
-        p.stop()
 
 
 def state(snap: Snapshot) -> AccountState:
