@@ -41,7 +41,7 @@ from bench.fakedata import Dataset, Truth
 from bench.fakeiam import FakeIam
 from bench.harness import config_dict, load_config, percentile, table
 from bench.scenarios.common import Bench, pct, secs
-from bench.scenarios.events import Change, sample, scrape
+from bench.scenarios.events import Change, apply_change, sample, scrape
 from bench.scenarios.org import exposition_counts
 
 S9 = "9 continuous"
@@ -122,14 +122,7 @@ def make_change(data: Dataset, index: int, n: int, taken: set[str]) -> Change:
 
 
 def apply(truth: Truth, c: Change) -> None:
-    counts = truth[c.user]
-    if c.action == "CreateAccessKey":
-        counts["Active"] += 1
-    elif c.action == "UpdateAccessKey":
-        counts["Active"] -= 1
-        counts["Inactive"] += 1
-    else:
-        counts["Active"] -= 1
+    apply_change(truth[c.user], c.action, deleted="Active")
 
 
 def daemon_config(b: Bench, queue_url: str) -> dict[str, Any]:

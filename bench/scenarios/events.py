@@ -97,17 +97,21 @@ def plan(datasets: list[Dataset], n: int) -> list[Change]:
     return out
 
 
+def apply_change(counts: dict[str, int], action: str, deleted: str = "Inactive") -> None:
+    """A user's key counts after one change (a deleted key was in status ``deleted``)."""
+    if action == "CreateAccessKey":
+        counts["Active"] += 1
+    elif action == "UpdateAccessKey":
+        counts["Active"] -= 1
+        counts["Inactive"] += 1
+    else:
+        counts[deleted] -= 1
+
+
 def expected(truth: dict[str, Truth], changes: list[Change]) -> dict[str, Truth]:
     out = {a: {u: dict(c) for u, c in users.items()} for a, users in truth.items()}
     for c in changes:
-        counts = out[c.account][c.user]
-        if c.action == "CreateAccessKey":
-            counts["Active"] += 1
-        elif c.action == "UpdateAccessKey":
-            counts["Active"] -= 1
-            counts["Inactive"] += 1
-        else:
-            counts["Inactive"] -= 1
+        apply_change(out[c.account][c.user], c.action)
     return out
 
 
