@@ -109,8 +109,11 @@ class AccountLoop:
                         self._workers -= 1
                         return
                 continue
-            if self.queue.has_due():
-                self._spawn()  # more is due: up to collection.concurrency calls at once
+            if self.queue.has_due() and not self.target.budget.waiting():
+                # More is due and the budget has room for it (calls waiting for their
+                # turn would not go sooner with more threads): up to
+                # collection.concurrency calls at once.
+                self._spawn()
             try:
                 self._handle(item)
             except Exception:  # the worker must outlive any bug

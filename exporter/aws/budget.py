@@ -53,6 +53,11 @@ class Budget:
         with self._lock:
             return self._rate(self._clock())
 
+    def waiting(self) -> int:
+        """Calls waiting for their turn now."""
+        with self._lock:
+            return len(self._waiting)
+
     @contextlib.contextmanager
     def urgent(self) -> Iterator[None]:
         """The calls this thread makes meanwhile go before every waiting non-urgent one
