@@ -155,7 +155,7 @@ def _serve(cfg: Config, web_config: WebConfig | None = None,
             live.registry.register(consumer.stats)
             consumer.start()
             stops.append(consumer.stop)
-            drain.append(consumer.stop)
+            drain.append(lambda: consumer.stop(timeout=0))  # joined at exit
         poller.start()
         log.info("poller started", extra={
             "accounts": len(cfg.accounts), "strategy": cfg.collection.strategy,

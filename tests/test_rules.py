@@ -5,8 +5,11 @@ prometheus-alertmanager). The rules' unit tests live in tests/rules/*.yaml; this
 them, checks that they cover every alert both firing and not firing, and checks that they
 have teeth: each of a few plausible bugs in the rules makes them fail. The rules file holds
 recording rules (level:metric:operations) and alerts over the recorded series; the checks
-below keep the alerts short and the rules cheap (no subqueries, no range longer than the
-20-minute gap bridge, each input bridged once).
+below keep the alerts short and the rules cheap at 50,000 users: each per-user or per-key
+family is read a fixed number of times, only by the rules that filter it down to the users
+and keys that can alert, and never over a range (the gap bridge of those sets reads their
+own value of the previous evaluation); no subqueries, no range longer than the 20-minute
+bridge.
 """
 
 from __future__ import annotations
@@ -126,15 +129,19 @@ def test_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
 # The unit tests must catch a broken rule. Each mutation is a plausible bug (every
 # occurrence of the text is replaced; `count` says how many there are); the named
 # unit-test file must fail against the mutated rules.
-COUNT = "account_user:iam_user_access_keys_active:max_bridged"
-CREATED = "account_user_key:iam_access_key_created_timestamp_seconds_active:max_bridged"
-USER_INFO = "account_user:iam_user_info:bridged"
+MULTI = "account_user:iam_user_access_keys_active:multiple"
+USER_SEEN = "account_user:iam_user_access_keys_active:last_seen"
+NOT_ROTATED = "account_user_key:iam_access_key_created_timestamp_seconds_active:not_rotated"
+UNUSED = "account_user_key:iam_access_key_last_used_timestamp_seconds_active:unused"
+KEY_SEEN = "account_user_key:iam_access_key_created_timestamp_seconds_active:last_seen"
+MULTI_KEYS = "account_user_key:iam_access_key_created_timestamp_seconds_active:multiple"
+USER_INFO = "account_user:iam_user_info:offenders"
 ACCOUNT_INFO = "account:iam_account_info:bridged"
+ACCOUNT_SEEN = "account:iam_user_access_keys_active:seen"
 OVERLAP = "account_user:iam_user_access_keys_active:overlap_start"
 ACCOUNT_COUNT = "account:iam_account_users_with_multiple_active_keys:max_bridged"
 ACCOUNT_OVERLAP = "account:iam_account_users_with_multiple_active_keys:overlap_start"
-RAW_COUNT_LAST = ('max by (account_id, user_name) (last_over_time(iam_user_access_keys'
-                  '{status="Active"}[20m]))')
+COMPLETE = "account:iam_exporter_last_used_complete:max_over_time20m"
 
 
 def block(*rows: tuple[int, str]) -> str:
@@ -147,91 +154,81 @@ MUTATIONS: list[tuple[str, str, str, str] | tuple[str, str, str, str, int]] = [
     ("exempt users alert", f'{USER_INFO}{{exempt="true"}}', f'{USER_INFO}{{exempt="yes"}}',
      "multiple_keys.yaml"),
     ("status filter dropped (inactive keys count)", 'iam_user_access_keys{status="Active"}',
-     "iam_user_access_keys", "multiple_keys.yaml", 3),
+     "iam_user_access_keys", "multiple_keys.yaml"),
     ("per-account alert duplicates per-user ones",
-     f"\n                unless on (account_id) {COUNT}\n", "\n", "multiple_keys.yaml"),
+     f"\n                unless on (account_id) {MULTI}\n", "\n", "multiple_keys.yaml"),
     ("grace period too short", "> 4 * 3600", "> 3 * 3600", "multiple_keys.yaml"),
     ("headline resolves late again (keep_firing_for)", "        for: 2m\n",
      "        for: 2m\n        keep_firing_for: 15m\n", "multiple_keys_bridge.yaml"),
     ("grace period in for: again", "for: 2m\n", "for: 4h\n", "multiple_keys.yaml"),
     # The carried start of an overlap.
-    ("overlap start not carried (a reactivated key counts from its creation)",
-     block((14, f"clamp_max({OVERLAP}, time())"),
+    ("overlap start not carried (a replaced key restarts the grace period)",
+     block((14, OVERLAP), (12, "or on (account_id, user_name)")), "",
+     "multiple_keys_gaps.yaml"),
+    ("a new overlap in a watched account dated from the keys' creation (a reactivated key "
+     "counts from its creation)",
+     block((14, f"({MULTI} * 0 + time() and on (account_id) {ACCOUNT_SEEN})"),
            (12, "or on (account_id, user_name)")), "", "multiple_keys_gaps.yaml"),
-    ("no +Inf while one key (a reactivated key counts from its creation)",
-     block((12, "or on (account_id, user_name)"), (10, f"{COUNT} * 0 + Inf")), "",
-     "multiple_keys_gaps.yaml"),
-    ("overlap start restarts from a replaced key's creation",
-     f"clamp_max({OVERLAP}, time())", f"({OVERLAP} < time() - 1e9)",
-     "multiple_keys_gaps.yaml"),
     ("creation times ignored at first sight (old keys wait for the grace period)",
      block((12, "or on (account_id, user_name)"),
-           (14, f"clamp_max(max by (account_id, user_name) ({CREATED}), time() - 1)")), "",
+           (14, f"clamp_max(max by (account_id, user_name) ({MULTI_KEYS}), time() - 1)")), "",
      "multiple_keys_gaps.yaml"),
     ("blind without metrics.per_key (no first sight from the count)",
-     block((12, "or on (account_id, user_name)"), (14, f"{COUNT} * 0 + time() - 1")), "",
+     block((12, "or on (account_id, user_name)"), (14, f"{MULTI} * 0 + time() - 1")), "",
      "multiple_keys.yaml"),
     ("first sight dated at the evaluation, not before it", "time() - 1", "time()",
-     "multiple_keys.yaml", 3),
+     "multiple_keys.yaml", 4),
     ("per-account overlap start not carried",
      block((14, f"clamp_max({ACCOUNT_OVERLAP}, time())"),
            (12, "or on (account_id)")), "", "multiple_keys_gaps.yaml"),
-    # The bridged per-user count.
-    ("headline count not bridged (a gap resolves the alert)",
-     block((12, "or on (account_id, user_name)"), (10, "("), (14, RAW_COUNT_LAST),
-           (12, "unless on (account_id)"), (14, "iam_account_watched_users"), (10, ")")), "",
-     "multiple_keys_bridge.yaml"),
+    ("per-account: no +Inf while no user has two keys (the overlap dated too early)",
+     block((12, "or on (account_id)"), (10, f"{ACCOUNT_COUNT} * 0 + Inf")), "",
+     "multiple_keys_gaps.yaml"),
+    # The carried per-user count.
     ("a user gone from a served account stays firing for 20 minutes",
-     block((14, RAW_COUNT_LAST), (12, "unless on (account_id)"),
-           (14, "iam_account_watched_users")), block((14, RAW_COUNT_LAST)),
+     f"{MULTI} unless on (account_id) iam_account_watched_users", MULTI,
      "multiple_keys_bridge.yaml"),
     ("an unread user resolves at once",
-     block((12, "or on (account_id, user_name)"), (10, "("), (14, RAW_COUNT_LAST),
-           (12, "and on (account_id, user_name)"), (14, "iam_user_unread"), (10, ")")), "",
+     block((20, "or on (account_id, user_name)"),
+           (22, f"{MULTI} and on (account_id, user_name) iam_user_unread")), "",
      "multiple_keys_bridge.yaml"),
-    ("creation times not bridged (the key list lost in a gap)",
-     block((12, "or on (account_id, user_name, access_key_id)"),
-           (10, "max by (account_id, user_name, access_key_id) (last_over_time("
-                'iam_access_key_created_timestamp_seconds{status="Active"}[20m]))')), "",
-     "multiple_keys_gaps.yaml"),
+    ("a carried count refreshes its own last sight (carried for ever)",
+     f'time() + 0 * {MULTI}{{carried=""}}', f"time() + 0 * {MULTI}",
+     "multiple_keys_bridge.yaml"),
     # The joins.
     ("exemption and team forgotten in a gap",
-     block((12, "or on (account_id, user_name)"),
-           (10, "topk by (account_id, user_name) (1, max without (instance, pod) "
-                '(last_over_time(iam_user_info{exempt="true"}[20m])))'),
-           (12, "or on (account_id, user_name)"),
-           (10, "topk by (account_id, user_name) (1, max without (instance, pod) "
-                "(last_over_time(iam_user_info[20m])))")), "", "multiple_keys_gaps.yaml"),
+     block((14, "or on (account_id, user_name)"), (16, USER_INFO)), "",
+     "multiple_keys_gaps.yaml"),
     ("team label lost in a gap (a new alert)",
-     block((12, "or on (account_id, user_name)"),
-           (10, "topk by (account_id, user_name) (1, max without (instance, pod) "
-                "(last_over_time(iam_user_info[20m])))")), "", "multiple_keys_bridge.yaml"),
+     block((14, "or on (account_id, user_name)"), (16, USER_INFO)), "",
+     "multiple_keys_bridge.yaml"),
     ("unguarded team join",
      block((12, "or on (account_id, user_name)"),
-           (10, f"group by (account_id, user_name) ({COUNT})"),
-           (12, "or on (account_id, user_name)"),
-           (10, f"group by (account_id, user_name) ({CREATED})")), "", "multiple_keys.yaml"),
+           (10, f"group by (account_id, user_name) ({MULTI})")), "", "multiple_keys.yaml"),
     ("account name lost in a gap (a new alert)",
      block((12, "or on (account_id)"),
            (10, "topk by (account_id) (1, max without (instance, pod) "
                 "(last_over_time(iam_account_info[20m])))")), "",
      "multiple_keys_bridge.yaml"),
     ("unguarded account join",
-     f"\n            or on (account_id) group by (account_id) ({COUNT})", "",
+     f"\n            or on (account_id) group by (account_id) ({MULTI})", "",
      "multiple_keys.yaml"),
     # Key age and last use.
     ("inactive keys age", 'iam_access_key_created_timestamp_seconds{status="Active"}',
-     "iam_access_key_created_timestamp_seconds", "key_age.yaml", 2),
-    ("never-used keys ignored", "account:iam_exporter_last_used_complete:max_over_time20m == 1",
-     "account:iam_exporter_last_used_complete:max_over_time20m == 2", "key_age.yaml"),
-    ("unknown last use taken as never used",
-     "account:iam_exporter_last_used_complete:max_over_time20m == 1",
-     "account:iam_exporter_last_used_complete:max_over_time20m >= 0", "key_age.yaml"),
+     "iam_access_key_created_timestamp_seconds", "key_age.yaml", 3),
+    ("never-used keys ignored", f"{COMPLETE} == 1", f"{COMPLETE} == 2", "key_age.yaml"),
+    ("unknown last use taken as never used", f"{COMPLETE} == 1", f"{COMPLETE} >= 0",
+     "key_age.yaml"),
     ("one pass of incomplete last-used data resolves a never-used key",
      "max_over_time(iam_exporter_last_used_complete[20m])",
      "last_over_time(iam_exporter_last_used_complete[20m])", "key_age.yaml"),
-    ("wrong unused threshold", "> 45 * 86400", "> 50 * 86400", "key_age.yaml"),
-    ("wrong rotation threshold", "> 90 * 86400", "> 120 * 86400", "key_age.yaml"),
+    ("a never-used key carried after its account's data turned incomplete",
+     block((18, "unless on (account_id)"), (20, f"{COMPLETE} == 0,")),
+     block((18, ",")), "key_age.yaml"),
+    ("wrong unused threshold", "< time() - 45 * 86400", "< time() - 50 * 86400",
+     "key_age.yaml"),
+    ("wrong rotation threshold", "< time() - 90 * 86400", "< time() - 120 * 86400",
+     "key_age.yaml"),
     # The exporter's health.
     ("stale threshold", "3 * job:iam_exporter_poll_interval_seconds:max_bridged",
      "30 * job:iam_exporter_poll_interval_seconds:max_bridged", "exporter_health.yaml"),
@@ -270,24 +267,28 @@ RULE_MUTATIONS: list[tuple[str, str, str, str, str]] = [
      "events.yaml"),
     ("one dead-lettered message ignored", "IAMExporterEventsDeadLettered", "> 0", "> 1",
      "events.yaml"),
+    # The carried sets: a key's last sight refreshed by its carried value, the key list of
+    # a user carried while the user is served (a replaced key listed), or never (the list
+    # lost in a gap).
+    ("a carried key refreshes its own last sight (carried for ever)", KEY_SEEN,
+     '{carried=""}', "", "key_age.yaml"),
+    ("a replaced key stays in the key list", MULTI_KEYS, '{carried="true"}', "",
+     "multiple_keys_gaps.yaml"),
+    ("the key list lost in a gap", MULTI_KEYS, '{carried="true"}', '{carried="never"}',
+     "multiple_keys_gaps.yaml"),
 ]
 # keep_firing_for only where the data itself flaps while the problem persists (a target
 # answering for a moment, one good pass or receive between failures); every other alert
 # bridges gaps from the data and resolves as soon as the data says so.
 KEEP_FIRING_FOR = {"IAMExporterCollectionFailing": "15m", "IAMExporterDown": "15m",
                    "IAMExporterAbsent": "15m", "IAMExporterEventsQueueFailing": "15m"}
-# Every recording rule that reads the last 20 minutes (the gap bridge), and the unit tests
-# that fail without it.
+# Every recording rule that reads the last 20 minutes of an input per account, job or
+# shard (or of iam_user_unread, a few users), and the unit tests that fail without it.
 BRIDGED = {
-    "account_user_key:iam_access_key_created_timestamp_seconds_active:max_bridged":
-        "key_age.yaml",
-    "account_user_key:iam_access_key_last_used_timestamp_seconds_active:max_bridged":
-        "key_age.yaml",
-    COUNT: "multiple_keys_bridge.yaml",
     "account_user:iam_user_unread:max_bridged": "degraded.yaml",
     "account:iam_root_access_keys_present:max_bridged": "key_age.yaml",
     ACCOUNT_COUNT: "multiple_keys_restart.yaml",
-    "account:iam_exporter_last_used_complete:max_over_time20m": "key_age.yaml",
+    COMPLETE: "key_age.yaml",
     "job_account:iam_exporter_collection_success:min_bridged": "exporter_health.yaml",
     "job_account:iam_exporter_last_success_timestamp_seconds:max_bridged":
         "exporter_health.yaml",
@@ -296,9 +297,25 @@ BRIDGED = {
     "job:iam_exporter_poll_interval_seconds:max_bridged": "exporter_health.yaml",
     "job_shard:iam_exporter_events_queue_up:min_bridged": "events.yaml",
     "job_shard:iam_exporter_events_dead_letter_messages:max_bridged": "events.yaml",
-    USER_INFO: "multiple_keys_bridge.yaml",
     ACCOUNT_INFO: "multiple_keys_bridge.yaml",
 }
+# Every filtered set carried across a gap by reading its own value of the previous
+# evaluation (for `20 * 60` after its last sight), and the unit tests that fail when it is
+# not carried.
+CARRIED = {MULTI: "multiple_keys_bridge.yaml", NOT_ROTATED: "key_age.yaml",
+           UNUSED: "key_age.yaml"}
+# The families with a series per user or per key, and how often the rules may read each
+# (every read of one costs about as much at 50,000 users as all the rest together):
+# iam_user_access_keys for :multiple; the creation times for :not_rotated, :unused (keys
+# never used) and the key list of :multiple; the last use for :unused; iam_user_info for
+# the team of the users in those sets (its exempt="true" rows are a few).
+PER_USER_READS = {"iam_user_access_keys": 1, "iam_access_key_created_timestamp_seconds": 3,
+                  "iam_access_key_last_used_timestamp_seconds": 1, "iam_user_info": 1}
+# The rules that read them, and the recorded series they may join them with (small sets).
+FILTERS = {MULTI, NOT_ROTATED, UNUSED, MULTI_KEYS, USER_INFO}
+# The carried state a rule reads from the previous evaluation, recorded after it.
+PREVIOUS = {MULTI: {USER_SEEN}, NOT_ROTATED: {KEY_SEEN}, UNUSED: {KEY_SEEN},
+            OVERLAP: {ACCOUNT_SEEN}}
 
 
 def fails_the_unit_tests(tmp_path: Path, rules: str, test_files: list[str]) -> None:
@@ -366,6 +383,19 @@ def test_every_keep_firing_for_is_needed(tmp_path: Path, name: str) -> None:
 def test_every_20_minute_window_has_a_story() -> None:
     windowed = {name for name, r in records().items() if "[20m]" in r["expr"]}
     assert windowed == set(BRIDGED)
+    carried = {name for name, r in records().items() if "20 * 60" in r["expr"]}
+    assert carried == set(CARRIED)
+
+
+@pytest.mark.parametrize("name", sorted(CARRIED))
+def test_every_carried_set_is_needed(tmp_path: Path, name: str) -> None:
+    """Carried for 0 minutes instead of 20, each filtered set makes a unit test fail: an
+    alert resolves (or restarts its `for:`, or its grace period) in a scrape gap."""
+    def change(rule: dict[str, Any]) -> None:
+        assert rule["expr"].count("20 * 60") == 1
+        rule["expr"] = rule["expr"].replace("20 * 60", "0 * 60")
+
+    fails_the_unit_tests(tmp_path, with_rule_changed(name, change), [CARRIED[name]])
 
 
 @pytest.mark.parametrize("name", sorted(BRIDGED))
@@ -446,6 +476,49 @@ def test_rules_are_cheap_no_subqueries_and_no_range_beyond_the_bridge() -> None:
         assert windows <= allowed, (rule.get("alert") or rule["record"], windows)
 
 
+def selectors(expr: str, name: str) -> list[str]:
+    """Each selector of the metric `name` in expr, with its matchers and what follows."""
+    return re.findall(rf"(?<![\w:]){name}(?![\w:])(\{{[^}}]*\}})?(\s*\[)?", expr)
+
+
+def test_no_range_read_of_a_per_user_or_per_key_series() -> None:
+    """At 50,000 users a range read of a per-user or per-key family costs as much as a
+    whole evaluation should: the gap bridge of the filtered sets reads their own value of
+    the previous evaluation (an instant selector), never a range, and no recorded per-user
+    or per-key series is read over a range either."""
+    per_user = [*PER_USER_READS, *(n for n in records() if n.startswith("account_user"))]
+    for rule in all_rules():
+        texts = [rule["expr"], *rule.get("annotations", {}).values()]
+        for name in per_user:
+            for text in texts:
+                assert not [s for s in selectors(text, name) if s[1]], (
+                    rule.get("alert") or rule["record"], name)
+
+
+def test_every_rule_over_all_users_is_a_filter() -> None:
+    """Each per-user or per-key family is read a fixed number of times in all the rules
+    (PER_USER_READS), only by the rules that filter it (FILTERS), each read combined at
+    once with a small recorded set (`or on` / `and on` a carried set, or :multiple) - no
+    aggregation, join or recorded series over all users - and each of those rules records
+    a filtered set: a comparison with a threshold, or a join with :multiple."""
+    reads = dict.fromkeys(PER_USER_READS, 0)
+    for rule in all_rules():
+        name = rule.get("alert") or rule["record"]
+        expr = re.sub(r"\s+", " ", rule["expr"])
+        for family in PER_USER_READS:
+            for matchers, _ in selectors(expr, family):
+                if family == "iam_user_info" and matchers == '{exempt="true"}':
+                    continue  # a few users: selected by the index
+                reads[family] += 1
+                assert name in FILTERS, (name, family)
+                after = expr.split(family + matchers, 1)[1].lstrip(" )")
+                assert after.startswith(("or on (", "and on (")), (name, family, after[:40])
+        if name in FILTERS:
+            assert (re.search(r"\) [<>] (1|time\(\) - \d+ \* 86400)\s*\)\s*$", expr)
+                    or f"and on (account_id, user_name) {MULTI}" in expr), name
+    assert reads == PER_USER_READS
+
+
 def test_recording_rules_are_named_level_metric_operations_and_documented() -> None:
     doc = (ROOT / "docs" / "alerts.md").read_text()
     for name in records():
@@ -459,17 +532,21 @@ def test_recording_rules_are_named_level_metric_operations_and_documented() -> N
 def test_each_rule_reads_what_is_recorded_before_it_in_its_group() -> None:
     """Rules of a group run in order at the same evaluation time: a rule reading a series
     recorded later in the group would see the previous evaluation's value. Only the carried
-    overlap starts read themselves - their value of the previous evaluation, with an instant
-    selector (no range: one sample per user) - and every recorded series is read."""
+    carried series read themselves, and the state recorded after them (PREVIOUS) - their
+    value of the previous evaluation, with an instant selector (no range: one sample per
+    user) - and every recorded series is read."""
     read: set[str] = set()
+    carried = {*CARRIED, MULTI_KEYS, USER_INFO, OVERLAP, ACCOUNT_OVERLAP, USER_SEEN, KEY_SEEN}
     for group in yaml.safe_load(RULES.read_text())["groups"]:
         recorded: set[str] = set()
         for rule in group["rules"]:
             texts = [rule["expr"], *rule.get("annotations", {}).values()]
             used = {n for text in texts for n in RECORDED_NAME.findall(text)}
             me = rule.get("record")
-            assert used <= recorded | ({me} if me and me.endswith(":overlap_start") else set()), (
-                me or rule["alert"], used - recorded)
+            allowed = recorded | ({me} if me in carried else set()) | PREVIOUS.get(me, set())
+            assert used <= allowed, (me or rule["alert"], used - allowed)
+            for before in PREVIOUS.get(me, set()):
+                assert before not in recorded, (me, before)
             if me in used:
                 assert f"{me}[" not in rule["expr"], me
             read |= used
@@ -494,15 +571,12 @@ def test_headline_alert_is_a_short_expression_over_recorded_series() -> None:
 
 
 def test_day_thresholds_can_be_substituted() -> None:
-    """The Helm chart substitutes `90 * 86400` / `45 * 86400`, written once per expr."""
-    rules = alerts()
-    assert rules["IAMAccessKeyNotRotated"]["expr"].count("90 * 86400") == 1
-    assert rules["IAMAccessKeyUnused"]["expr"].count("45 * 86400") == 1
-    for name, rule in rules.items():
-        days = re.findall(r"\d+\s*\*\s*86400", rule["expr"])
-        expected = {"IAMAccessKeyNotRotated": ["90 * 86400"],
-                    "IAMAccessKeyUnused": ["45 * 86400"]}.get(name, [])
-        assert days == expected, name
+    """The Helm chart substitutes `90 * 86400` / `45 * 86400`, written once each, in the
+    recording rule that filters the keys for IAMAccessKeyNotRotated / IAMAccessKeyUnused."""
+    expected = {NOT_ROTATED: ["90 * 86400"], UNUSED: ["45 * 86400"]}
+    for rule in all_rules():
+        name = rule.get("alert") or rule["record"]
+        assert re.findall(r"\d+\s*\*\s*86400", rule["expr"]) == expected.get(name, []), name
 
 
 def test_exporter_target_alerts_use_the_job_name() -> None:
