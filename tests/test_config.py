@@ -9,17 +9,17 @@ example config/exporter.yaml against the dataclasses, and a property test.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import types
 import typing
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter import config
+from exporter.cli import main as cli_main
 from exporter.config import DEPRECATED_KEYS, Config, ConfigError
 from tests.helpers import ROOT, TESTDATA
 
@@ -406,14 +407,28 @@ def _resolved(cfg: Config) -> Config:
 
 
 def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("IAM_KEY_EXPORTER_", "AWS_"))}
+    return _clean_env_of(os.environ)
+
+
+def _clean_env_of(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith(("IAM_KEY_EXPORTER_", "AWS_"))}
 
 
 def _run_cli(args: list[str], env: dict[str, str] | None = None
              ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                          text=True, env=_clean_env() | (env or {}), cwd=ROOT, timeout=60)
+    """The CLI's main() in this process (tests/test_cli.py runs the real console script),
+    with exactly this environment; what it exits with and prints."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(_clean_env_of(saved) | (env or {}))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_main(args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 # ---------------------------------------------------------------------------------------
@@ -782,9 +797,8 @@ CLI_EXTRA: dict[str, tuple[list[str], dict[str, str]]] = {
 def cli() -> dict[str, subprocess.CompletedProcess[str]]:
     jobs = {name: (["check-config", "--config", str(CONFIG_DATA / name)], {})
             for name in [*_fixtures("valid"), *_fixtures("invalid")]} | CLI_EXTRA
-    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2)) as pool:
-        futures = {key: pool.submit(_run_cli, args, env) for key, (args, env) in jobs.items()}
-        return {key: f.result() for key, f in futures.items()}
+    # One after the other: each run sets the process environment.
+    return {key: _run_cli(args, env) for key, (args, env) in jobs.items()}
 
 
 def _assert_prints(run: subprocess.CompletedProcess[str], want: Config) -> None:

@@ -164,7 +164,7 @@ def test_sigterm_exits_zero_promptly(iam: Any, start_daemon: Callable[..., Daemo
     d.wait_ready()
     code, took = d.terminate()
     assert code == 0, d.logs()
-    assert took < 4  # far below the 8 s grace: nothing holds the worker up
+    assert took < 6  # far below the 8 s grace: nothing holds the worker up
 
 
 def test_json_logs_one_line_per_pass_and_no_secrets(
