@@ -2,7 +2,7 @@
 
 moto server → (fault proxy) → the exporter daemon → Prometheus (the shipped rules, every
 `for:`, the gap bridge and the headline alert's grace period shortened: fast_rules in
-tests/test_e2e_restart.py) → Alertmanager → a webhook receiver in this test.
+tests/e2e.py) → Alertmanager → a webhook receiver in this test.
 
 One stack per module: the alert scenarios and the dashboard's queries share it.
 """
@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.awsproxy import AwsProxy
-from tests.e2e import MULTI, RULES, Stack, alerting_stack, is_alert
+from tests.e2e import MULTI, RULES, Stack, alerting_stack, fast_rules, is_alert
 from tests.helpers import (
     MOTO_ACCOUNT,
     ROOT,
@@ -30,7 +30,6 @@ from tests.helpers import (
     iam_client,
     reset_moto,
 )
-from tests.test_e2e_restart import fast_rules
 
 pytestmark = pytest.mark.e2e
 

@@ -2,21 +2,20 @@
 with the real binaries (tests/e2e.py): moto → the exporter daemon → Prometheus →
 Alertmanager → a webhook.
 
-The shipped rules (fast_rules below) with the headline alert's 4-hour grace period cut to
-GRACE seconds (every `for:` and keep_firing_for to 0 s) and the recording rules' 20-minute
-gap bridge to BRIDGE seconds; Prometheus evaluates them every second. A user gets a second
-active key; a few seconds later the exporter is stopped and, after a pause, started again
-on the same address (Prometheus sees failed scrapes and staleness markers, as in a
-rollout). The alert must fire about GRACE after the key was created, not GRACE after the
-exporter came back, as a grace period kept in `for:` would: the recorded start of the
-overlap outlives the gap. Once it fires, another restart must neither resolve it nor
-notify again, and deactivating the key must resolve it within seconds.
+The shipped rules (fast_rules in tests/e2e.py) with the headline alert's 4-hour grace
+period cut to GRACE seconds (every `for:` and keep_firing_for to 0 s) and the recording
+rules' 20-minute gap bridge to BRIDGE seconds; Prometheus evaluates them every second. A
+user gets a second active key; a few seconds later the exporter is stopped and, after a
+pause, started again on the same address (Prometheus sees failed scrapes and staleness
+markers, as in a rollout). The alert must fire about GRACE after the key was created, not
+GRACE after the exporter came back, as a grace period kept in `for:` would: the recorded
+start of the overlap outlives the gap. Once it fires, another restart must neither
+resolve it nor notify again, and deactivating the key must resolve it within seconds.
 """
 
 from __future__ import annotations
 
 import itertools
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +28,7 @@ import tests.daemon
 from bench.harness import stop_process
 from tests.awsproxy import AwsProxy
 from tests.daemon import Daemon
-from tests.e2e import MULTI, RULES, Stack, alerting_stack, is_alert
+from tests.e2e import MULTI, RULES, Stack, alerting_stack, fast_rules, is_alert
 from tests.helpers import add_user, daemon_config, iam_client, reset_moto
 
 pytestmark = pytest.mark.e2e
@@ -39,26 +38,6 @@ BRIDGE = 30          # seconds; the rules' 20-minute gap bridge
 RESTART_AFTER = 5    # seconds after the second key: the exporter is stopped ...
 DOWN_FOR = 3         # ... and started again this long after it has stopped
 BOB = 'iam_user_access_keys{user_name="bob",status="Active"}'
-
-
-def fast_rules(rules: str, grace_seconds: int, bridge_seconds: int = 30) -> str:
-    """The shipped rules made fast: every `for:` and keep_firing_for cut to 0 s, the
-    recording rules' 20-minute gap bridge (`[20m]`) cut to ``bridge_seconds``, and the
-    4-hour grace period of IAMUserMultipleActiveAccessKeys (`4 * 3600`, counted from the
-    recorded start of the overlap) cut to ``grace_seconds``: the alert fires a few seconds
-    after a second key is scraped, and a gap in the exporter's series shorter than
-    ``bridge_seconds`` changes nothing. (Recording rules have no `for:`; Prometheus
-    evaluates them at its evaluation interval, 1 s in these tests.)"""
-    alerts = sum(1 for g in yaml.safe_load(rules)["groups"] for r in g["rules"] if "alert" in r)
-    out, n = re.subn(r"(?m)^(\s+for:\s*)\S+\s*$", r"\g<1>0s", rules)
-    assert n == alerts, (n, alerts)
-    out = re.sub(r"(?m)^(\s+keep_firing_for:\s*)\S+\s*$", r"\g<1>0s", out)
-    assert "[20m]" in out
-    out = out.replace("[20m]", f"[{bridge_seconds}s]")
-    assert not re.search(r"\[\d+m(:\w*)?\]", out), "a window of another length"
-    out, n = re.subn(r"(?m)^(\s+[^#\s].*)4 \* 3600", rf"\g<1>{grace_seconds}", out)
-    assert n == 1, "the grace period, once"
-    return out
 
 
 @pytest.fixture

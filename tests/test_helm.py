@@ -25,6 +25,10 @@ from tests.helpers import ROOT, require_binary, subprocess_env
 
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 ALERTS_SRC = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+# The recording rules that hold the day thresholds of the key alerts (the chart's
+# prometheusRule.keyMaxAgeDays / keyUnusedDays).
+NOT_ROTATED = "account_user_key:iam_access_key_created_timestamp_seconds_active:not_rotated"
+UNUSED = "account_user_key:iam_access_key_last_used_timestamp_seconds_active:unused"
 DASHBOARD_SRC = ROOT / "deploy" / "grafana" / "iam-key-exporter.json"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
@@ -484,8 +488,7 @@ def expected_groups(values: dict[str, Any]) -> list[dict[str, Any]]:
     """deploy/prometheus/alerts.yaml with the chart's prometheusRule values applied."""
     pr = values.get("prometheusRule", {})
     job = values.get("serviceMonitor", {}).get("jobName", "iam-key-exporter")
-    days = {"IAMAccessKeyNotRotated": pr.get("keyMaxAgeDays"),
-            "IAMAccessKeyUnused": pr.get("keyUnusedDays")}
+    days = {NOT_ROTATED: pr.get("keyMaxAgeDays"), UNUSED: pr.get("keyUnusedDays")}
     overrides = pr.get("alerts", {})
     groups = []
     for g in yaml.safe_load(ALERTS_SRC.read_text())["groups"]:
@@ -495,8 +498,8 @@ def expected_groups(values: dict[str, Any]) -> list[dict[str, Any]]:
             if not o.get("enabled", True):
                 continue
             r["expr"] = r["expr"].replace('job="iam-key-exporter"', f'job="{job}"')
-            if days.get(r.get("alert")) is not None:
-                r["expr"] = re.sub(r"\d+ \* 86400", f"{days[r['alert']]} * 86400", r["expr"])
+            if days.get(r.get("record")) is not None:
+                r["expr"] = re.sub(r"\d+ \* 86400", f"{days[r['record']]} * 86400", r["expr"])
             if "alert" in r:
                 if "for" in o:
                     r["for"] = o["for"]
@@ -511,10 +514,14 @@ def expected_groups(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_source_rules_write_substitutable_thresholds() -> None:
-    rules = {r.get("alert"): r for g in yaml.safe_load(ALERTS_SRC.read_text())["groups"]
-             for r in g["rules"]}
-    for name in ("IAMAccessKeyNotRotated", "IAMAccessKeyUnused"):
+    """The day thresholds of IAMAccessKeyNotRotated / IAMAccessKeyUnused are in the recording
+    rules that filter the keys (the alerts read those sets), written once each."""
+    rules = {r.get("alert") or r["record"]: r
+             for g in yaml.safe_load(ALERTS_SRC.read_text())["groups"] for r in g["rules"]}
+    for name in (NOT_ROTATED, UNUSED):
         assert len(re.findall(r"\d+ \* 86400", rules[name]["expr"])) == 1, name
+    assert NOT_ROTATED in rules["IAMAccessKeyNotRotated"]["expr"]
+    assert UNUSED in rules["IAMAccessKeyUnused"]["expr"]
 
 
 def test_prometheus_rule_equals_the_source_under_default_values(
@@ -528,8 +535,8 @@ def test_prometheus_rule_applies_value_overrides(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
     groups = one(rendered["full-values"], "PrometheusRule")["spec"]["groups"]
     assert groups == expected_groups(load_values(FULL))
-    rules = {r.get("alert"): r for g in groups for r in g["rules"]}
-    assert "180 * 86400" in rules["IAMAccessKeyNotRotated"]["expr"]
+    rules = {r.get("alert") or r["record"]: r for g in groups for r in g["rules"]}
+    assert "180 * 86400" in rules[NOT_ROTATED]["expr"]
     assert "IAMAccessKeyUnused" not in rules
     assert rules["IAMAccessKeyNotRotated"]["for"] == "24h"
     assert rules["IAMUserMultipleActiveAccessKeys"]["for"] == "2m"  # a debounce
@@ -538,11 +545,15 @@ def test_prometheus_rule_applies_value_overrides(
     assert rules["IAMExporterCollectionFailing"]["keep_firing_for"] == "15m"
     assert rules["IAMUserMultipleActiveAccessKeys"]["labels"]["severity"] == "critical"
     assert all(r["labels"]["team"] == "security" for r in rules.values() if r.get("alert"))
-    # The recording rules the alerts read are all there, unchanged and without alert
-    # labels, whichever alerts are disabled; the grace period stays in the headline alert.
+    # The recording rules the alerts read are all there, unchanged but for the day
+    # thresholds and without alert labels, whichever alerts are disabled; the grace period
+    # stays in the headline alert.
     source = [r for g in yaml.safe_load(ALERTS_SRC.read_text())["groups"] for r in g["rules"]]
-    assert [r for g in groups for r in g["rules"] if "record" in r] == [
-        r for r in source if "record" in r]
+    recorded = [r for g in groups for r in g["rules"] if "record" in r]
+    assert [r["record"] for r in recorded] == [r["record"] for r in source if "record" in r]
+    assert [r for r in recorded if r["record"] not in (NOT_ROTATED, UNUSED)] == [
+        r for r in source if "record" in r and r["record"] not in (NOT_ROTATED, UNUSED)]
+    assert "30 * 86400" in rules[UNUSED]["expr"]  # its alert disabled, the record kept
     assert "4 * 3600" in rules["IAMUserMultipleActiveAccessKeys"]["expr"]
 
 
