@@ -31,8 +31,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check exporter tests bench
 	$(BIN)/mypy
 
-# Two workers: most tests wait on subprocesses and sockets, not on the CPU.
-PYTEST_ARGS ?= -n 2
+# Four workers on two cores: most tests wait on subprocesses and sockets (daemons, moto,
+# Prometheus), not on the CPU.
+PYTEST_ARGS ?= -n 4
 
 unit: $(STAMP) tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
