@@ -236,6 +236,8 @@ class AccountLoop:
                 self.success, self.error = False, failed
                 if self._pass_failed is None:
                     self.errors[failed] += 1
+        if self._stopped:
+            return  # a read that ended after the account stopped being watched
         # One line per account and interval (as the collection cycles logged).
         inv = self.store.inventory()
         totals = inv.key_totals()
