@@ -126,19 +126,21 @@ class Poller:
         store, t = loop.store, loop.target
         withdrawn = (not loop.success and loop.last_success is not None
                      and time.time() - loop.last_success > self.cfg.collection.max_stale_seconds)
-        fresh = store.freshness()
-        key = (store.version, loop.success, loop.error, loop.last_success, withdrawn,
-               t.account_id, t.name, round(loop.needed_rate(), 6))
+        # Everything the state is made of; the store's reads only where it changed.
+        key = (store.version, loop.success, loop.error, loop.last_success, loop.duration,
+               withdrawn,
+               t.account_id, t.name, loop.strategy, loop.cfg.interval_seconds)
         old = self._states.get(t.key)
         if old is not None and old[0] == key:
             return old[1]
+        fresh = store.freshness()
         inventory: AccountInventory | None = store.inventory() if store.listed else None
         st = AccountState(
             key=t.key, account_id=t.account_id, name=t.name,
             inventory=None if withdrawn else inventory, success=loop.success,
             duration=loop.duration, last_success=loop.last_success, error=loop.error,
             withdrawn=withdrawn, oldest_read=fresh.oldest_read, never_read=fresh.never_read,
-            needed_rate=loop.needed_rate())
+            needed_rate=loop.needed_rate(fresh.users))
         self._states[t.key] = (key, st)
         return st
 

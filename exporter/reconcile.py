@@ -334,9 +334,8 @@ class AccountLoop:
         return self.strategy != "list" or (self.store.untried_since(since) == 0
                                            and self.pass_ended_at >= since)
 
-    def needed_rate(self) -> float:
-        """IAM requests per second that reading every user once per interval takes."""
-        users = self.store.freshness().users
+    def needed_rate(self, users: int) -> float:
+        """IAM requests per second that reading ``users`` users once per interval takes."""
         pages = users // 1000 + 1
         per_user = 1 if self.strategy == "list" else 0
         return (users * per_user + pages + 1) / self.cfg.interval_seconds

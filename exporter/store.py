@@ -194,11 +194,6 @@ class AccountStore:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def read_at(self, name: str) -> float | None:
-        with self._lock:
-            m = self._members.get(_key(name))
-            return m.seen.at if m is not None and m.seen is not None else None
-
     def known(self, name: str) -> User | None:
         """The user as last read, for an event re-read (its last-used dates, identity)."""
         with self._lock:

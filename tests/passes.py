@@ -14,6 +14,7 @@ from exporter.config import Config
 from exporter.inventory import AccountInventory, AccountState, Snapshot
 from exporter.metrics import RenderInput
 from exporter.poller import Poller
+from exporter.store import AccountStore
 from tests.daemon import parse_samples
 
 PASS_TIMEOUT = 60.0
@@ -67,3 +68,8 @@ def render(snap: Snapshot, cfg: Config, stats: ApiStats | None = None) -> bytes:
 def samples(snap: Snapshot, cfg: Config, stats: ApiStats | None = None) -> dict[Any, float]:
     """The exposition of snap (and stats' API counts) as {(name, labels): value}."""
     return parse_samples(render(snap, cfg, stats).decode())
+
+
+def read_at(store: AccountStore, name: str) -> float | None:
+    """When the store's read of a user was taken (None: never read)."""
+    return dict(store.members()).get(name)

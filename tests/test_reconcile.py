@@ -43,7 +43,7 @@ from tests.events_helpers import (
 )
 from tests.events_helpers import config as events_config
 from tests.helpers import MOTO_ACCOUNT, add_user, make_config
-from tests.passes import PollerFor
+from tests.passes import PollerFor, read_at
 from tests.test_budget import samples
 from tests.test_degrade import add_key, deny_user, seed
 
@@ -230,7 +230,7 @@ def test_an_event_and_a_poll_of_one_user_in_either_order_end_with_the_newer_read
     poll.join(30)
     assert polled
     assert counts(p.build())["alice"] == (2, 0)
-    at = store.read_at("alice")
+    at = read_at(store, "alice")
     assert at is not None and at > changed
     # A read that began before it and ends only now changes nothing.
     assert not store.observe("alice", (), at - 1)
@@ -255,7 +255,7 @@ def test_an_event_and_a_poll_of_one_user_in_either_order_end_with_the_newer_read
     poll.join(30)
     assert polled
     assert counts(polled[0])["alice"] == (1, 0)
-    at = store.read_at("alice")
+    at = read_at(store, "alice")
     assert at is not None and at > changed
     assert not store.observe("alice", (), at - 1)
     assert counts(p.build()) == {"alice": (1, 0), "bob": (1, 0), "carol": (1, 0)}

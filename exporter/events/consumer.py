@@ -223,7 +223,7 @@ class Consumer:
                 # Unsure: it comes back a few times (the id may be known by then), then
                 # is deleted, never dead-lettered: an account whose id is not known has
                 # not been listed yet, and its first listing reads every user anyway.
-                results[i] = (("handed_over" if _receives(msg) >= self._tries else "failed")
+                results[i] = (("handed_over" if queue.receives(msg) >= self._tries else "failed")
                               if unsure else "ignored")
                 continue
             # IAM user names are unique whatever their case.
@@ -272,7 +272,7 @@ class Consumer:
                 # Failed or slow: the message comes back after a back-off, a few times;
                 # then it is deleted, and its user stays first in the account's queue
                 # until IAM answers (never dead-lettered for a slow or failing read).
-                receives = max((_receives(messages[i]) for i in g.messages), default=1)
+                receives = max((queue.receives(messages[i]) for i in g.messages), default=1)
                 result = "handed_over" if receives >= self._tries else "failed"
             for i in g.messages:
                 results[i] = result
@@ -282,11 +282,6 @@ def _attribute(msg: Message, name: str) -> str | None:
     attrs = msg.get("Attributes")
     value = attrs.get(name) if isinstance(attrs, dict) else None
     return value if isinstance(value, str) else None
-
-
-def _receives(msg: Message) -> int:
-    raw = _attribute(msg, "ApproximateReceiveCount")
-    return int(raw) if raw is not None and raw.isdigit() else 1
 
 
 def _sent(msg: Message) -> float | None:

@@ -91,6 +91,13 @@ def delete(sqs: Any, queue_url: str, messages: Sequence[Message]) -> list[int]:
 BACK_OFF = 5
 
 
+def receives(msg: Message) -> int:
+    """How often SQS has handed the message out (ApproximateReceiveCount), at least 1."""
+    attrs = msg.get("Attributes")
+    raw = attrs.get("ApproximateReceiveCount") if isinstance(attrs, dict) else None
+    return max(int(raw), 1) if isinstance(raw, str) and raw.isdigit() else 1
+
+
 def release(sqs: Any, queue_url: str, messages: Sequence[Message]) -> None:
     """Makes the messages visible again at once (this consumer is stopping)."""
     _set_visibility(sqs, queue_url, messages, lambda _: 0)
@@ -100,9 +107,7 @@ def back_off(sqs: Any, queue_url: str, messages: Sequence[Message], visibility: 
     """Makes the messages visible again after a back-off that grows with their receives."""
 
     def wait(m: Message) -> int:
-        raw = (m.get("Attributes") or {}).get("ApproximateReceiveCount", "1")
-        receives = int(raw) if str(raw).isdigit() else 1
-        return int(min(BACK_OFF * 2 ** max(receives - 1, 0), visibility))
+        return int(min(BACK_OFF * 2 ** (receives(m) - 1), visibility))
 
     _set_visibility(sqs, queue_url, messages, wait)
 
