@@ -383,7 +383,8 @@ def test_reconfigure_applies_from_the_next_pass_and_keeps_the_data(
             return None
         return snap if set(keys_of(by_id[MOTO_ACCOUNT])) == {"alice"} else None
 
-    snap = until(reconfigured, what="the new config in a pass")
+    # A few passes at most; generous for a loaded machine (each is bounded by WAIT).
+    snap = until(reconfigured, timeout=3 * WAIT, what="the new config in a pass")
     by_id = {a.account_id: a for a in snap.accounts}
     assert keys_of(by_id[other]) == {"dora": ("Inactive",)}
     assert by_id[other].name == "other"

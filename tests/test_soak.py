@@ -163,7 +163,9 @@ def test_churning_passes_through_the_web_app_stay_flat(
     rss, n_threads, n_fds = measure()
     print(f"soak web: RSS {(rss - baseline[0]) / 2**20:+.1f} MiB after {PASSES - WARM} passes, "
           f"threads {baseline[1]}->{n_threads}, fds {baseline[2]}->{n_fds}")
-    assert n_threads <= baseline[1] and n_fds <= baseline[2] + 2, (baseline, n_threads, n_fds)
+    # A few fds of slack: each listing starts a fresh IAM client, whose pooled connections
+    # close when it is collected (a leak would grow with the passes, not stay this small).
+    assert n_threads <= baseline[1] and n_fds <= baseline[2] + 4, (baseline, n_threads, n_fds)
     assert rss - baseline[0] < 16 * 2**20, f"RSS grew {(rss - baseline[0]) / 2**20:.1f} MiB"
     assert failed == PASSES // 7
     assert poller.snapshot.error_counts == {(A, "AccessDenied"): failed}
