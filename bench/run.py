@@ -39,7 +39,7 @@ A pass is a listing, then each user read once: Poller.run_once() asks for one on
  11 rules               one evaluation of deploy/prometheus/alerts.yaml on 5 h of history
                         of 10,000 and 50,000 users backfilled into Prometheus (promtool),
                         per rule (query API) and per group (live): <= 2 s at 50,000 users
-                        (only with --only rules, about 8 minutes; --before-rules, or
+                        (only with --only rules, about 10 minutes; --before-rules, or
                         --before-tree's rules file, is measured too, for a ratio)
 
 Each scenario writes bench/results/<name>.json; summary.json and summary.md hold every row

@@ -148,7 +148,8 @@ def test_rules_cost_measures_every_rule_of_the_rules_file(tmp_path: Path) -> Non
     out, md = tmp_path / "rules.json", tmp_path / "rules.md"
     r = subprocess.run([sys.executable, "-m", "bench.rules_cost", "--rules", str(RULES_FILE),
                         "--users", "50", "--hours", "1", "--eval-interval", "1s",
-                        "--live-evals", "2", "--out", str(out), "--markdown", str(md)],
+                        "--live-evals", "2", "--scrape-every", "5", "--lookback", "30",
+                        "--out", str(out), "--markdown", str(md)],
                        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -170,6 +171,8 @@ def test_rules_cost_measures_every_rule_of_the_rules_file(tmp_path: Path) -> Non
     for group in measured["groups"].values():
         assert group["evaluations"] and group["evaluations"][0]["data_age"] < 300, group
     assert measured["live_steady"] > 0
+    # The current state was scraped on top of the history: every line taken, none rejected.
+    assert measured["scrape"]["samples"] == measured["scrape"]["served"] > 0
     # The Markdown table: a line per rule and three totals, under a header and separator.
     assert md.read_text().count("\n| ") == len(names) + 3 + 1
     for name in names:

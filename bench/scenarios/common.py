@@ -55,6 +55,7 @@ class Sizes:
     rules_hours: float = 5.0  # ... history backfilled at a 60 s scrape,
     rules_eval_interval: str = "15s"  # ... Prometheus' evaluation_interval,
     rules_live_evals: int = 4  # ... evaluations watched per group
+    rules_lookback: int = 300  # ... Prometheus' lookback delta (s)
     timeout: float = 900.0  # the longest wait for a pass (run_once, the daemon)
 
 
@@ -71,7 +72,7 @@ SMOKE = Sizes(account_users=30, latency_ms=2.0, quota=100.0, budget_under=75.0,
               events_changes=6, continuous_users=30, continuous_interval=5.0,
               continuous_events=3, continuous_sample=1.0, continuous_after=4.0,
               rules_users=(50,), rules_hours=1.0, rules_eval_interval="1s",
-              rules_live_evals=2, timeout=120.0)
+              rules_live_evals=2, rules_lookback=30, timeout=120.0)
 
 
 @dataclass

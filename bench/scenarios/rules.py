@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import table
-from bench.rules_cost import DEFAULT_RULES, HEADERS, Options, measure, report_rows
+from bench.rules_cost import DEFAULT_RULES, Options, measure
+from bench.rules_report import HEADERS, report_rows
 from bench.scenarios.common import Bench, secs
 
 S = "11 rule cost"
@@ -38,7 +39,8 @@ def _vs(after: float, before: dict[str, Any] | None, key: str) -> str:
 def scenario_rules(b: Bench) -> None:
     z = b.sizes
     opts = Options(users=list(z.rules_users), hours=z.rules_hours,
-                   eval_interval=z.rules_eval_interval, live_evals=z.rules_live_evals)
+                   eval_interval=z.rules_eval_interval, live_evals=z.rules_live_evals,
+                   lookback=z.rules_lookback)
     result = measure(DEFAULT_RULES, before_rules(b), opts)
     for size in result["sizes"]:
         users, after = size["users"], size["files"]["after"]
