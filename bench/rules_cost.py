@@ -29,11 +29,12 @@ file (--before first, if given, then --rules), on that data:
          to --live-evals that start after the first scrape is in the head ("steady": their
          median), and each rule's evaluationTime in the last evaluation (/api/v1/rules),
          alert annotation templates included;
-  query  then Prometheus restarted without rules, same scrape (it replays the scraped
-         samples and the rule results from its WAL), and every rule's expression queried
-         through /api/v1/query?stats=all at the start of its group's last counted live
-         evaluation (so recorded series exist there, as when Prometheus evaluates the
-         group in order): server evaluation time, wall time, samples, series returned.
+  query  then Prometheus restarted without rules and without the scrape (it replays the
+         scraped samples and the rule results from its WAL into its head), and every
+         rule's expression queried --repeats times through /api/v1/query?stats=all at the
+         start of its group's last counted live evaluation (so recorded series exist
+         there, as when Prometheus evaluates the group in order): the median server
+         evaluation time, wall time, samples, series returned.
 
 At 50,000 users the backfill writes about 15 GB of OpenMetrics (up to 3 files of 5.7 GB
 in the temporary directory at once) and takes 3-4 minutes on 2 idle cores; the whole run
@@ -202,13 +203,13 @@ def measure_file(back: Backfill, server: Exposition, rules: RulesFile, opts: Opt
         live = watch_live(prom, server, rules, back.last, opts, log)
         totals = summarize_groups(live)
         peak_rss = prom.rss()
-        # Then the same data without rules, so that nothing is evaluated beside the
-        # queries: a reload would wait for a running evaluation (minutes for a slow
-        # file); SIGKILL loses nothing committed (rule results are in the WAL), and the
-        # next Prometheus replays it.
+        # Then the same data without rules and without the scrape, so that nothing runs
+        # beside the queries (they read the instant of the last live evaluation; the WAL
+        # replays it into the head). A reload would wait for a running evaluation
+        # (minutes for a slow file); SIGKILL loses nothing committed.
         prom.stop(kill=True)
-        prom = Prometheus(back.work, back.data, None, opts.eval_interval, server.target,
-                          every, opts.lookback)
+        prom = Prometheus(back.work, back.data, None, opts.eval_interval, None, every,
+                          opts.lookback)
         prom.wait_ready()
         rows: list[dict[str, Any]] = []
         for group, group_rules in rules.groups:
@@ -229,7 +230,6 @@ def measure_file(back: Backfill, server: Exposition, rules: RulesFile, opts: Opt
                     + (f" ERROR {q['error']}" if "error" in q else ""))
         series = prom.scalar(f'count({{job="{JOB}"}})', back.last)
         total = sum(r["query"].get("eval_seconds", 0.0) for r in rows)
-        live["scrape"]["rejected_query"] = prom.check_rejected("query phase")
         return {"rules_file": str(rules.path), "rules": rows, "scrape": live["scrape"],
                 "groups": live["groups"], "live_first": totals["first"],
                 "live_steady": totals["steady"], "query_total": total,

@@ -32,11 +32,11 @@ def tool(name: str) -> str:
 
 class Prometheus:
     """A stock prometheus on 127.0.0.1 over a data directory, scraping the exporter's
-    stand-in (`target`, every `scrape_every` s) on top of the backfilled history: the
-    newest samples in its head, as in production."""
+    stand-in (`target`, every `scrape_every` s; None: no scrape) on top of the backfilled
+    history: the newest samples in its head, as in production."""
 
     def __init__(self, work: Path, data: Path, rules: Path | None, eval_interval: str,
-                 target: str, scrape_every: int, lookback: int = 300) -> None:
+                 target: str | None, scrape_every: int, lookback: int = 300) -> None:
         self.work, self.eval_interval = work, eval_interval
         self.target, self.scrape_every = target, scrape_every
         self.config = work / "prometheus.yml"
@@ -57,15 +57,16 @@ class Prometheus:
 
     def configure(self, rules: Path | None) -> None:
         cfg: dict[str, Any] = {
-            "global": {"scrape_interval": "60s", "evaluation_interval": self.eval_interval},
+            "global": {"scrape_interval": "60s", "evaluation_interval": self.eval_interval}}
+        if self.target is not None:
             # honor_labels: the served series carry job and instance (those of the
             # history); the target's own (up, scrape_*) get the same instance.
-            "scrape_configs": [{
+            cfg["scrape_configs"] = [{
                 "job_name": JOB, "honor_labels": True,
                 "scrape_interval": f"{self.scrape_every}s",
                 "scrape_timeout": f"{min(30, self.scrape_every)}s",
                 "static_configs": [{"targets": [self.target]}],
-                "relabel_configs": [{"target_label": "instance", "replacement": INSTANCE}]}]}
+                "relabel_configs": [{"target_label": "instance", "replacement": INSTANCE}]}]
         if rules is not None:
             cfg["rule_files"] = [str(rules)]
         self.config.write_text(yaml.safe_dump(cfg))
