@@ -145,12 +145,13 @@ class AccountLoop:
     def _account_failed(self, e: BaseException, what: str) -> None:
         code = error_code(e)
         self._failures += 1
-        self.failed_at = time.time()
         pause = min(PAUSE_MIN * 2 ** (self._failures - 1), self.cfg.interval_seconds)
         self.queue.pause(pause)
         self.success, self.error = False, code
         self._pass_failed = code
         self.errors[code] += 1
+        # Last: settled_since (run_once) takes the failure as settled once this is set.
+        self.failed_at = time.time()
         known = isinstance(e, ClientError | BotoCoreError | CollectionError)
         log.error(f"{what} failed; the last known data is kept", exc_info=None if known else e,
                   extra={"account_id": self.target.account_id,
