@@ -99,6 +99,11 @@ class Options:
     repeats: int = 3
     keep: bool = False
 
+    @property
+    def scrape_seconds(self) -> int:
+        """How often Prometheus scrapes the current state."""
+        return self.scrape_every or self.step
+
 
 def behind(opts: Options) -> int:
     """How long before the present the backfill stops: the first evaluation still sees it
@@ -116,7 +121,7 @@ def watch_live(prom: Prometheus, server: Exposition, rules: RulesFile, last_samp
     evals: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
     seen: dict[str, float] = {}
     scrape: dict[str, Any] | None = None
-    every = opts.scrape_every or opts.step
+    every = opts.scrape_seconds
     deadline = time.monotonic() + opts.live_seconds
 
     while time.monotonic() < deadline:
@@ -192,7 +197,7 @@ def measure_file(back: Backfill, server: Exposition, rules: RulesFile, opts: Opt
     t = time.perf_counter()
     back.to_now(behind(opts))
     log(f"  caught up to the present in {time.perf_counter() - t:.1f} s; starting prometheus")
-    every = opts.scrape_every or opts.step
+    every = opts.scrape_seconds
     prom = Prometheus(back.work, back.data, copy, opts.eval_interval, server.target, every,
                       opts.lookback)
     try:

@@ -28,6 +28,14 @@ class Series:
     def start(self) -> int:
         return self.steps[0][0]
 
+    def at(self, t: int) -> str | None:
+        """The value at t, as written; None where the series does not exist."""
+        if self.end <= t or self.start > t:
+            return None
+        if self.fn is not None:
+            return fmt(self.fn(t))
+        return self.steps[bisect.bisect_right(self.steps, t, key=lambda x: x[0]) - 1][1]
+
 
 @dataclass
 class Key:

@@ -99,11 +99,6 @@ class Prometheus:
                 time.sleep(0.1)
         raise RuntimeError(f"prometheus not ready after {timeout}s:\n{self.logs()}")
 
-    def reload(self, rules: Path | None) -> None:
-        self.configure(rules)
-        urllib.request.urlopen(urllib.request.Request(
-            self.url + "/-/reload", method="POST"), timeout=600).close()
-
     def query(self, expr: str, at: float) -> dict[str, Any]:
         t = time.perf_counter()
         raw = self.http("/api/v1/query", {"query": expr, "time": f"{at:.3f}",
@@ -136,15 +131,12 @@ class Prometheus:
         return {g: (v.get("evaluation_timestamp", 0.0), v.get("duration", 0.0))
                 for g, v in found.items()}
 
-    def rejected(self) -> dict[str, float]:
-        """Prometheus' counts of scraped samples it did not append."""
+    def check_rejected(self, when: str) -> dict[str, float]:
+        """Prometheus' counts of scraped samples it did not append: all three, all 0."""
         text = self.http("/metrics", timeout=30).decode()
-        return {m.group(1): float(m.group(2)) for m in re.finditer(
+        found = {m.group(1): float(m.group(2)) for m in re.finditer(
             r"^prometheus_target_scrapes_sample_(out_of_bounds|out_of_order|"
             r"duplicate_timestamp)_total (\S+)$", text, re.M)}
-
-    def check_rejected(self, when: str) -> dict[str, float]:
-        found = self.rejected()
         if len(found) != 3 or any(found.values()):
             raise RuntimeError(f"scraped samples rejected ({when}): {found}\n{self.logs()}")
         return found
