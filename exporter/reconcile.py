@@ -150,7 +150,8 @@ class AccountLoop:
         self.success, self.error = False, code
         self._pass_failed = code
         self.errors[code] += 1
-        # Last: settled_since (run_once) takes the failure as settled once this is set.
+        # Last: settled_since (run_once) takes the account as settled on these markers
+        # (failed_at, list_tried_at, pass_ended_at), so the outcome is set before them.
         self.failed_at = time.time()
         known = isinstance(e, ClientError | BotoCoreError | CollectionError)
         log.error(f"{what} failed; the last known data is kept", exc_info=None if known else e,
@@ -176,8 +177,8 @@ class AccountLoop:
             self.store.account_id = self.target.resolve_account_id()
             listing = collect.list_account(self.target, self.cfg, self.strategy)
         except Exception as e:
-            self.list_tried_at = time.time()
             self._account_failed(e, "listing the account's users")
+            self.list_tried_at = time.time()
             self.queue.list_at(time.time() + min(RETRY_SECONDS, interval))
             return
         if self._failures_cleared():
@@ -212,9 +213,10 @@ class AccountLoop:
                 self._pass_left |= {n.lower() for n in new}
             self._pass_left -= {n.lower() for n in gone}
             self._read_while_listing = set()
-        self.list_tried_at = time.time()
         self.queue.list_at(started + interval)
         self._progress(None)
+        # After the pass's outcome: settled_since (run_once) reads these markers alone.
+        self.list_tried_at = time.time()
         self._changed(False)
 
     def _progress(self, name: str | None) -> None:
@@ -227,7 +229,7 @@ class AccountLoop:
                 return
             now = time.time()
             self.duration = now - self._pass_start
-            self._pass_start, self.pass_ended_at = None, now
+            self._pass_start = None
             # Every user failing is the account failing (a missing permission), not
             # one odd user.
             failed = self._pass_failed or self.store.all_failed()
@@ -237,6 +239,7 @@ class AccountLoop:
                 self.success, self.error = False, failed
                 if self._pass_failed is None:
                     self.errors[failed] += 1
+            self.pass_ended_at = now  # last, as failed_at
         if self._stopped:
             return  # a read that ended after the account stopped being watched
         # One line per account and interval (as the collection cycles logged).
