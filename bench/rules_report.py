@@ -40,6 +40,12 @@ def report_rows(result: dict[str, Any]) -> list[list[str]]:
             rows.append([str(size["users"]), "", "", text, "", _s(after[what]) if what ==
                          "query_total" else "", "", "" if what == "query_total" else
                          _s(after[what]), _s(b), _ratio(after[what], b)])
+        bare = size["files"].get("bare")
+        if bare:
+            alerts = sum(r["alerts"] or 0 for r in after["rules"] if r["kind"] == "alert")
+            rows.append([str(size["users"]), "", "", "the same without alert labels and "
+                         f"annotations ({alerts} active alerts not templated; live, sum, "
+                         "median)", "", "", "", _s(bare["live_steady"]), "", ""])
     return rows
 
 

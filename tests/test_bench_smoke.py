@@ -180,6 +180,32 @@ def test_rules_cost_measures_every_rule_of_the_rules_file(tmp_path: Path) -> Non
 
 
 
+def test_rules_cost_bare_strips_only_the_alert_templates(tmp_path: Path) -> None:
+    """--bare measures the rules file with no labels or annotations on its alerts: the same
+    groups, rules and expressions, nothing templated; its live total gets a row."""
+    import yaml
+
+    from bench.rules_file import load_rules, without_templates
+    from bench.rules_report import report_rows
+
+    rules = load_rules(RULES_FILE)
+    bare = without_templates(rules, tmp_path / "bare.yaml")
+    assert [(g, [(r.kind, r.name, r.expr) for r in rs]) for g, rs in bare.groups] == \
+        [(g, [(r.kind, r.name, r.expr) for r in rs]) for g, rs in rules.groups]
+    raw = [r for g in yaml.safe_load(bare.text)["groups"] for r in g["rules"]]
+    assert raw and not [r for r in raw if "labels" in r or "annotations" in r]
+    kept = [r for g in yaml.safe_load(rules.text)["groups"] for r in g["rules"]]
+    assert [r for r in kept if "record" in r] == [r for r in raw if "record" in r]
+    # The report: the bare live total after the three totals of the measured file.
+    measured = {"rules": [{"group": "g", "kind": "alert", "name": "A", "query": {},
+                           "live_last": 1.0, "alerts": 7}],
+                "query_total": 0.5, "live_first": 2.0, "live_steady": 1.5}
+    result = {"sizes": [{"users": 10, "files": {"after": measured, "bare": {
+        **measured, "live_steady": 0.25}}}]}
+    last = report_rows(result)[-1]
+    assert "7 active alerts not templated" in last[3] and last[7] == "0.250"
+
+
 @pytest.mark.e2e
 def test_bench_run_only_rules_reports_the_rule_cost(tmp_path: Path) -> None:
     """`make bench BENCH_ARGS="--only rules"` reaches the same measurement (smoke sizes)."""
