@@ -42,7 +42,8 @@ each evaluation (even a constant one), so the difference is what templating cost
 
 At 50,000 users the backfill writes about 15 GB of OpenMetrics (up to 3 files of 5.7 GB
 in the temporary directory at once) and takes 3-4 minutes on 2 idle cores; the whole run
-(10,000 and 50,000 users, one rules file) about 10 minutes (18 with --before).
+(10,000 and 50,000 users, one rules file) about 10 minutes (18 with --before, 24 with
+--before and --bare).
 
 The data (deterministic): per user 1 or 2 keys: 5 % of users with two active keys for
 days, 20 % an active and an inactive one, 0.4 % rotating during the history (a second
