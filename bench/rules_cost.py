@@ -301,15 +301,12 @@ def measure(rules: Path, before: Path | None, opts: Options,
     tool("prometheus")
     files = ([("before", load_rules(before))] if before is not None else []) + \
         [("after", load_rules(rules))]
-    bare_dir = Path(tempfile.mkdtemp(prefix="iamx-rules-bare-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="iamx-rules-bare-") as tmp:
         if opts.bare:
-            files.append(("bare", without_templates(files[-1][1], bare_dir / "bare.yaml")))
+            files.append(("bare", without_templates(files[-1][1], Path(tmp) / "bare.yaml")))
         started = time.perf_counter()
         info = machine()
         sizes = [measure_size(n, files, opts, log) for n in opts.users]
-    finally:
-        shutil.rmtree(bare_dir, ignore_errors=True)
     info["loadavg_at_end"] = os.getloadavg()
     return {"machine": info, "options": dataclasses.asdict(opts),
             "rules": {label: str(f.path) for label, f in files}, "sizes": sizes,

@@ -179,7 +179,6 @@ def test_rules_cost_measures_every_rule_of_the_rules_file(tmp_path: Path) -> Non
         assert f" {name} " in md.read_text()
 
 
-
 def test_rules_cost_bare_strips_only_the_alert_templates(tmp_path: Path) -> None:
     """--bare measures the rules file with no labels or annotations on its alerts: the same
     groups, rules and expressions, nothing templated; its live total gets a row."""
