@@ -42,7 +42,7 @@ def report_rows(result: dict[str, Any]) -> list[list[str]]:
                          _s(after[what]), _s(b), _ratio(after[what], b)])
         bare = size["files"].get("bare")
         if bare:
-            alerts = sum(r["alerts"] or 0 for r in after["rules"] if r["kind"] == "alert")
+            alerts = sum(r["alerts"] or 0 for r in bare["rules"] if r["kind"] == "alert")
             rows.append([str(size["users"]), "", "", "the same without alert labels and "
                          f"annotations ({alerts} active alerts not templated; live, sum, "
                          "median)", "", "", "", _s(bare["live_steady"]), "", ""])

@@ -313,6 +313,8 @@ PER_USER_READS = {"iam_user_access_keys": 1, "iam_access_key_created_timestamp_s
                   "iam_access_key_last_used_timestamp_seconds": 1, "iam_user_info": 1}
 # The rules that read them, and the recorded series they may join them with (small sets).
 FILTERS = {MULTI, NOT_ROTATED, UNUSED, MULTI_KEYS, USER_INFO}
+# A comparison with a threshold: the filter of a per-user or per-key family.
+FILTER = r"[<>] (1|time\(\) - \d+ \* 86400)"
 # The carried state a rule reads from the previous evaluation, recorded after it.
 PREVIOUS = {MULTI: {USER_SEEN}, NOT_ROTATED: {KEY_SEEN}, UNUSED: {KEY_SEEN},
             OVERLAP: {ACCOUNT_SEEN}}
@@ -495,10 +497,6 @@ def test_no_range_read_of_a_per_user_or_per_key_series() -> None:
             for text in texts:
                 assert not [s for s in selectors(text, name) if s[1]], (
                     rule.get("alert") or rule["record"], name)
-
-
-# A comparison with a threshold: the filter of a per-user or per-key family.
-FILTER = r"[<>] (1|time\(\) - \d+ \* 86400)"
 
 
 def test_every_rule_over_all_users_is_a_filter() -> None:
