@@ -261,6 +261,15 @@ class AccountLoop:
         if self.strategy != "list":
             self._progress(name)  # the credential report reads every user at once
             return
+        if self._excluded(name):
+            # The user filter changed (a reload) since the user was listed: dropped now,
+            # as an event re-read drops it. A read would keep it past the next listing,
+            # which keeps every user read after it began.
+            self.store.observe(name, None, time.time())
+            self.queue.forget(name)
+            self._progress(name)
+            self._changed(False)
+            return
         try:
             got = collect.read_keys(self.target, self.cfg, name, self._report)
         except Exception as e:
@@ -285,6 +294,11 @@ class AccountLoop:
                 self.store.gap(got.gap)
         self._progress(name)
         self._changed(False)
+
+    def _excluded(self, name: str) -> bool:
+        filters = self.cfg.collection.users
+        ident = self.store.identity(name) if filters.active else None
+        return ident is not None and not filters.matches(ident.name, ident.path)
 
     def _event(self, item: Item) -> None:
         known = self.store.known(item.name)

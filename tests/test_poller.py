@@ -393,3 +393,23 @@ def test_reconfigure_applies_from_the_next_pass_and_keeps_the_data(
     assert by_id[MOTO_ACCOUNT].success
     assert by_id[MOTO_ACCOUNT].oldest_read is not None and first_read is not None
     assert p.target_for(other) is not None and p.target_for("999999999999") is None
+
+
+def test_a_user_the_new_filter_excludes_goes_even_if_read_while_listing(
+        proxy: AwsProxy, iam: Any, aws_env: dict[str, str],
+        pollers: Callable[..., Poller]) -> None:
+    """A reload that excludes a user drops it at the next pass, even when its read runs
+    while the listing does (a listing keeps every user read after it began)."""
+    add_user(iam, "alice", ("Active",))
+    add_user(iam, "svc-build", ("Active", "Active"))
+    cfg = config(proxy.url)
+    p = pollers(cfg, AccountSet(cfg, ApiStats()))
+    assert set(keys_of(only(one_pass(p, WAIT)))) == {"alice", "svc-build"}
+    # A slow listing: the pass reads its users (other workers) while it runs.
+    proxy.latencies["GetAccountAuthorizationDetails"] = 1.0
+    p.reconfigure(config(proxy.url, collection={"users": {"exclude_names": ["svc-.*"]}}))
+    # The first pass may still run under the old filter (accounts resolve on their own
+    # thread); the next ones under the new one.
+    for _ in range(3):
+        st = only(one_pass(p, WAIT))
+    assert set(keys_of(st)) == {"alice"}
