@@ -177,9 +177,11 @@ class AccountLoop:
             self.store.account_id = self.target.resolve_account_id()
             listing = collect.list_account(self.target, self.cfg, self.strategy)
         except Exception as e:
+            # The next listing before the markers: a resync (run_once) that sees this
+            # failure must find the listing over, or it asks for no new one.
+            self.queue.list_at(time.time() + min(RETRY_SECONDS, interval))
             self._account_failed(e, "listing the account's users")
             self.list_tried_at = time.time()
-            self.queue.list_at(time.time() + min(RETRY_SECONDS, interval))
             return
         if self._failures_cleared():
             # Listing works again after an account-wide failure: so do the account's
